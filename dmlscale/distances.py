@@ -1,0 +1,194 @@
+"""Distances and similarities between embeddings, drop-in compatible with pytorch-metric-learning.
+
+Legend: q_QD query embeddings, r_RD reference embeddings, mat_QR the Q x R matrix.
+
+Contract (as PML): `forward(query, ref=None)` optionally L_p-normalises both sides, calls
+`compute_mat`, then raises the matrix to `power`. `is_inverted=True` marks a similarity (larger is
+closer); `margin`, `smallest_dist` and `largest_dist` let losses be written once for both kinds.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dmlscale.records import ModuleWithRecords
+
+_NORM_STATS = [
+    "initial_avg_query_norm",
+    "initial_avg_ref_norm",
+    "final_avg_query_norm",
+    "final_avg_ref_norm",
+]
+
+
+def check_embeddings(name: str, emb: torch.Tensor) -> None:
+    """Raise a ValueError naming `name` unless `emb` is a 2-D floating tensor."""
+    if not torch.is_tensor(emb):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(emb).__name__}")
+    if emb.ndim != 2:
+        raise ValueError(f"{name} must have shape (batch_size, embedding_size), got {tuple(emb.shape)}")
+    if not emb.is_floating_point():
+        raise ValueError(f"{name} must be a floating tensor, got dtype {emb.dtype}")
+
+
+class BaseDistance(ModuleWithRecords):
+    """Base class: subclasses implement `compute_mat` and `pairwise_distance`."""
+
+    def __init__(
+        self,
+        collect_stats: bool = False,
+        normalize_embeddings: bool = True,
+        p: float = 2,
+        power: float = 1,
+        is_inverted: bool = False,
+    ) -> None:
+        super().__init__(collect_stats=collect_stats)
+        if not isinstance(p, (int, float)) or p <= 0:
+            raise ValueError(f"p must be a positive number, got {p!r}")
+        if not isinstance(power, (int, float)) or power <= 0:
+            raise ValueError(f"power must be a positive number, got {power!r}")
+        self.normalize_embeddings = normalize_embeddings
+        self.p = p
+        self.power = power
+        self.is_inverted = is_inverted
+        self.add_to_recordable_attributes(list_of_names=_NORM_STATS, is_stat=True)
+
+    def forward(self, query_emb: torch.Tensor, ref_emb: torch.Tensor | None = None) -> torch.Tensor:
+        self.reset_stats()
+        self.check_shapes(query_emb, ref_emb)
+        query_normed = self.maybe_normalize(query_emb)
+        if ref_emb is None:
+            ref_emb, ref_normed = query_emb, query_normed
+        else:
+            ref_normed = self.maybe_normalize(ref_emb)
+        self.set_default_stats(query_emb, ref_emb, query_normed, ref_normed)
+        mat_QR = self.compute_mat(query_normed, ref_normed)
+        if self.power != 1:
+            mat_QR = mat_QR**self.power
+        return mat_QR
+
+    def compute_mat(self, query_emb: torch.Tensor, ref_emb: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def pairwise_distance(self, query_emb: torch.Tensor, ref_emb: torch.Tensor) -> torch.Tensor:
+        """Distance between aligned rows: query_emb[i] vs ref_emb[i] (no normalisation, no power)."""
+        raise NotImplementedError
+
+    def check_shapes(self, query_emb: torch.Tensor, ref_emb: torch.Tensor | None) -> None:
+        check_embeddings("query embeddings", query_emb)
+        if ref_emb is not None:
+            check_embeddings("reference embeddings", ref_emb)
+            if ref_emb.shape[1] != query_emb.shape[1]:
+                raise ValueError(
+                    f"query and reference embedding sizes differ: {query_emb.shape[1]} vs {ref_emb.shape[1]}"
+                )
+
+    def normalize(self, embeddings: torch.Tensor, dim: int = 1, **kwargs) -> torch.Tensor:
+        return F.normalize(embeddings, p=self.p, dim=dim, **kwargs)
+
+    def maybe_normalize(self, embeddings: torch.Tensor, dim: int = 1, **kwargs) -> torch.Tensor:
+        return self.normalize(embeddings, dim=dim, **kwargs) if self.normalize_embeddings else embeddings
+
+    def get_norm(self, embeddings: torch.Tensor, dim: int = 1, **kwargs) -> torch.Tensor:
+        return torch.linalg.vector_norm(embeddings, ord=self.p, dim=dim, **kwargs)
+
+    def set_default_stats(self, query_emb, ref_emb, query_normed, ref_normed) -> None:
+        if not self.collect_stats:
+            return
+        with torch.no_grad():
+            self.set_stats(
+                {
+                    "initial_avg_query_norm": self.get_norm(query_emb).mean().item(),
+                    "initial_avg_ref_norm": self.get_norm(ref_emb).mean().item(),
+                    "final_avg_query_norm": self.get_norm(query_normed).mean().item(),
+                    "final_avg_ref_norm": self.get_norm(ref_normed).mean().item(),
+                }
+            )
+
+    def smallest_dist(self, *args, **kwargs):
+        """The 'closest' value: min for distances, max for similarities."""
+        return torch.max(*args, **kwargs) if self.is_inverted else torch.min(*args, **kwargs)
+
+    def largest_dist(self, *args, **kwargs):
+        """The 'farthest' value: max for distances, min for similarities."""
+        return torch.min(*args, **kwargs) if self.is_inverted else torch.max(*args, **kwargs)
+
+    def margin(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """How much farther x is than y: x - y for distances, y - x for similarities."""
+        return y - x if self.is_inverted else x - y
+
+    def extra_repr(self) -> str:
+        return (
+            f"normalize_embeddings={self.normalize_embeddings}, p={self.p}, power={self.power}, "
+            f"is_inverted={self.is_inverted}"
+        )
+
+
+class LpDistance(BaseDistance):
+    """d(q, r) = ||q - r||_p (after optional L_p normalisation)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if self.is_inverted:
+            raise ValueError("LpDistance is a distance: is_inverted must be False")
+
+    def compute_mat(self, query_emb: torch.Tensor, ref_emb: torch.Tensor) -> torch.Tensor:
+        if query_emb.dtype in (torch.float16, torch.bfloat16) and query_emb.device.type == "cpu":
+            return torch.cdist(query_emb.float(), ref_emb.float(), p=self.p).to(query_emb.dtype)
+        return torch.cdist(query_emb, ref_emb, p=self.p)
+
+    def pairwise_distance(self, query_emb: torch.Tensor, ref_emb: torch.Tensor) -> torch.Tensor:
+        return F.pairwise_distance(query_emb, ref_emb, p=self.p)
+
+
+class DotProductSimilarity(BaseDistance):
+    """s(q, r) = q . r. With the default normalize_embeddings=True this is the cosine similarity."""
+
+    def __init__(self, **kwargs) -> None:
+        if kwargs.get("is_inverted", True) is not True:
+            raise ValueError("DotProductSimilarity is a similarity: is_inverted must be True")
+        kwargs["is_inverted"] = True
+        super().__init__(**kwargs)
+
+    def compute_mat(self, query_emb: torch.Tensor, ref_emb: torch.Tensor) -> torch.Tensor:
+        return query_emb @ ref_emb.t()
+
+    def pairwise_distance(self, query_emb: torch.Tensor, ref_emb: torch.Tensor) -> torch.Tensor:
+        return (query_emb * ref_emb).sum(dim=1)
+
+
+class CosineSimilarity(DotProductSimilarity):
+    """s(q, r) = q . r / (||q|| ||r||): a dot product of normalised embeddings."""
+
+    def __init__(self, **kwargs) -> None:
+        if kwargs.get("normalize_embeddings", True) is not True:
+            raise ValueError("CosineSimilarity requires normalize_embeddings=True")
+        super().__init__(**kwargs)
+
+
+class SNRDistance(BaseDistance):
+    """Signal-to-noise distance d(q, r) = var(q - r) / var(q) (unbiased variances over features).
+
+    Vectorised without the Q x R x D difference tensor:
+    var(q - r) = (|q_c|^2 + |r_c|^2 - 2 q_c . r_c) / (D - 1), with x_c = x - mean(x).
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if self.is_inverted:
+            raise ValueError("SNRDistance is a distance: is_inverted must be False")
+
+    def compute_mat(self, query_emb: torch.Tensor, ref_emb: torch.Tensor) -> torch.Tensor:
+        num_features = query_emb.shape[1]
+        if num_features < 2:
+            raise ValueError(f"SNRDistance needs embedding_size >= 2, got {num_features}")
+        q_QD = query_emb - query_emb.mean(dim=1, keepdim=True)
+        r_RD = ref_emb - ref_emb.mean(dim=1, keepdim=True)
+        sq_q_Q = (q_QD * q_QD).sum(dim=1)
+        sq_r_R = (r_RD * r_RD).sum(dim=1)
+        diff_var_QR = (sq_q_Q[:, None] + sq_r_R[None, :] - 2 * (q_QD @ r_RD.t())).clamp(min=0)
+        return diff_var_QR / sq_q_Q[:, None]
+
+    def pairwise_distance(self, query_emb: torch.Tensor, ref_emb: torch.Tensor) -> torch.Tensor:
+        return torch.var(query_emb - ref_emb, dim=1) / torch.var(query_emb, dim=1)

@@ -1,0 +1,182 @@
+"""Index tuples: which (anchor, positive) pairs, (anchor, negative) pairs and triplets a loss uses.
+
+Conventions (PML's): a pair tuple is (a1, p, a2, n), a triplet tuple is (a, p, n); anchors index the
+query batch, positives/negatives index the reference batch. When the reference batch *is* the query
+batch (`ref_labels is labels`), self pairs (i, i) are not positives.
+
+Legend: B query rows, R reference rows, T triplets.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_labels(name: str, labels: torch.Tensor | None, num_rows: int) -> None:
+    """Raise a ValueError naming `name` unless labels is None or a 1-D tensor of length num_rows."""
+    if labels is None:
+        return
+    if not torch.is_tensor(labels):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D tensor of shape (batch_size,), got {tuple(labels.shape)}")
+    if labels.shape[0] != num_rows:
+        raise ValueError(f"{name} has {labels.shape[0]} entries but there are {num_rows} embeddings")
+
+
+def check_indices_tuple(indices_tuple, num_query: int, num_ref: int) -> None:
+    """Validate a pair (4) or triplet (3) tuple against the batch sizes, naming the bad entry."""
+    if indices_tuple is None:
+        return
+    if not isinstance(indices_tuple, (tuple, list)) or len(indices_tuple) not in (3, 4):
+        raise ValueError(
+            "indices_tuple must be (anchors, positives, negatives) or (anchors1, positives, anchors2, negatives), "
+            f"got {type(indices_tuple).__name__} of length {len(indices_tuple) if hasattr(indices_tuple, '__len__') else '?'}"
+        )
+    roles = ("a", "p", "n") if len(indices_tuple) == 3 else ("a1", "p", "a2", "n")
+    for role, idx in zip(roles, indices_tuple):
+        if not torch.is_tensor(idx) or idx.ndim != 1 or idx.is_floating_point():
+            raise ValueError(f"indices_tuple[{role}] must be a 1-D integer tensor, got {idx!r}")
+        limit = num_query if role.startswith("a") else num_ref
+        if len(idx) > 0 and (int(idx.min()) < 0 or int(idx.max()) >= limit):
+            raise ValueError(
+                f"indices_tuple[{role}] has values in [{int(idx.min())}, {int(idx.max())}], "
+                f"outside [0, {limit}) for a batch of {limit}"
+            )
+    if len(indices_tuple[0]) != len(indices_tuple[1]) or len(indices_tuple[-2]) != len(indices_tuple[-1]):
+        raise ValueError(f"indices_tuple lengths do not match: {[len(x) for x in indices_tuple]}")
+
+
+def matches_and_diffs(labels: torch.Tensor, ref_labels: torch.Tensor | None = None):
+    """Boolean B x R masks of same-label (self pairs removed when ref is the query) and different-label pairs."""
+    if ref_labels is None:
+        ref_labels = labels
+    same_BR = labels[:, None] == ref_labels[None, :]
+    diff_BR = ~same_BR
+    if ref_labels is labels:
+        same_BR.fill_diagonal_(False)
+    return same_BR, diff_BR
+
+
+def all_pairs(labels: torch.Tensor, ref_labels: torch.Tensor | None = None):
+    """(a1, p, a2, n) for every positive and every negative pair, in row-major order."""
+    same_BR, diff_BR = matches_and_diffs(labels, ref_labels)
+    a1, p = torch.where(same_BR)
+    a2, n = torch.where(diff_BR)
+    return a1, p, a2, n
+
+
+def all_triplets(labels: torch.Tensor, ref_labels: torch.Tensor | None = None):
+    """Every (a, p, n) triplet, ordered by a, then p, then n.
+
+    Built from the pair lists with repeat_interleave: memory is the number of triplets, never the
+    dense B x R x R mask.
+    """
+    same_BR, diff_BR = matches_and_diffs(labels, ref_labels)
+    a_P, p_P = torch.where(same_BR)
+    a_N, n_N = torch.where(diff_BR)
+    num_neg_B = diff_BR.sum(dim=1)
+    neg_start_B = torch.cumsum(num_neg_B, 0) - num_neg_B
+    reps_P = num_neg_B[a_P]
+    a_T = torch.repeat_interleave(a_P, reps_P)
+    p_T = torch.repeat_interleave(p_P, reps_P)
+    # position of each triplet inside its (a, p) block: 0 .. num_neg[a]-1
+    block_start_P = torch.cumsum(reps_P, 0) - reps_P
+    offset_T = torch.arange(len(a_T), device=labels.device) - torch.repeat_interleave(block_start_P, reps_P)
+    n_T = n_N[neg_start_B[a_T] + offset_T]
+    return a_T, p_T, n_T
+
+
+def convert_to_pairs(indices_tuple, labels, ref_labels=None):
+    """Any tuple (or None: all pairs from labels) as (a1, p, a2, n)."""
+    if indices_tuple is None:
+        return all_pairs(labels, ref_labels)
+    if len(indices_tuple) == 4:
+        return tuple(indices_tuple)
+    a, p, n = indices_tuple
+    return a, p, a, n
+
+
+def convert_to_triplets(indices_tuple, labels, ref_labels=None, triplets_per_anchor="all"):
+    """Any tuple (or None: triplets from labels) as (a, p, n); pairs join on a shared anchor."""
+    if indices_tuple is None:
+        if triplets_per_anchor == "all":
+            return all_triplets(labels, ref_labels)
+        return random_triplets(labels, ref_labels, triplets_per_anchor=triplets_per_anchor)
+    if len(indices_tuple) == 3:
+        return tuple(indices_tuple)
+    a1, p, a2, n = indices_tuple
+    pos_idx, neg_idx = torch.where(a1[:, None] == a2[None, :])
+    return a1[pos_idx], p[pos_idx], n[neg_idx]
+
+
+def random_triplets(labels, ref_labels=None, triplets_per_anchor: int | None = None, weights_BR=None):
+    """Sample `triplets_per_anchor` (default: the number of positives) triplets per anchor, label by label.
+
+    Positives uniformly among the anchor's positives; negatives uniformly, or by the rows of
+    `weights_BR` when given. Draws from torch's global generator in the same order as PML, so a seeded
+    run picks the same triplets.
+    """
+    device = labels.device
+    ref_is_query = ref_labels is None or ref_labels is labels
+    ref_labels = labels if ref_labels is None else ref_labels
+    parts_a, parts_p, parts_n = [], [], []
+    for label in torch.unique(labels):
+        pos_R = torch.where(ref_labels == label)[0]
+        anchors = pos_R if ref_is_query else torch.where(labels == label)[0]
+        neg_R = torch.where(ref_labels != label)[0]
+        num_anchors, num_pos = len(anchors), len(pos_R)
+        if num_pos < (2 if ref_is_query else 1) or len(neg_R) < 1:
+            continue
+        k = num_pos if triplets_per_anchor is None else triplets_per_anchor
+        candidates = pos_R.expand(num_anchors, num_pos)
+        if ref_is_query:
+            candidates = candidates[~torch.eye(num_anchors, dtype=torch.bool)].view(num_anchors, num_anchors - 1)
+        pick = torch.randint(0, candidates.shape[1], (num_anchors * k,))
+        row = torch.arange(num_anchors).repeat_interleave(k)
+        p = candidates[row.to(device), pick.to(device)]
+        a = anchors[row.to(device)]
+        if weights_BR is not None:
+            w = weights_BR[:, neg_R][a]
+            nonzero = torch.where(w.sum(dim=1) > 0)[0]
+            if len(nonzero) == 0:
+                continue
+            w, a, p = w[nonzero], a[nonzero], p[nonzero]
+            if w.dtype in (torch.float16, torch.bfloat16):
+                w = w.float()
+            n_pick = torch.multinomial(w, 1, replacement=True).flatten()
+        else:
+            n_pick = torch.randint(0, len(neg_R), (num_anchors * k,))
+        parts_a.append(a)
+        parts_p.append(p)
+        parts_n.append(neg_R[n_pick.to(device)])
+    if not parts_a:
+        empty = torch.tensor([], dtype=torch.long, device=device)
+        return empty, empty.clone(), empty.clone()
+    return tuple(torch.cat(x).to(device=device, dtype=torch.long) for x in (parts_a, parts_p, parts_n))
+
+
+def pair_masks(indices_tuple, num_query: int, num_ref: int, dtype, device):
+    """Dense 0/1 masks (B x R) of the positive and negative pairs in a (a1, p, a2, n) tuple."""
+    a1, p, a2, n = indices_tuple
+    pos_BR = torch.zeros(num_query, num_ref, dtype=dtype, device=device)
+    neg_BR = torch.zeros(num_query, num_ref, dtype=dtype, device=device)
+    pos_BR[a1, p] = 1
+    neg_BR[a2, n] = 1
+    if torch.any((pos_BR != 0) & (neg_BR != 0)):
+        raise ValueError("indices_tuple marks some pairs as both positive and negative")
+    return pos_BR, neg_BR
+
+
+def anchor_weights(indices_tuple, num_query: int, dtype, device, using_ref: bool = False) -> torch.Tensor:
+    """Weight per query row: how often it appears in indices_tuple, divided by the largest count (1 if none)."""
+    weights_B = torch.zeros(num_query, dtype=dtype, device=device)
+    if indices_tuple is None or all(len(x) == 0 for x in indices_tuple):
+        return weights_B + 1
+    if using_ref:
+        idx = indices_tuple[0] if len(indices_tuple) == 3 else torch.cat([indices_tuple[0], indices_tuple[2]])
+    else:
+        idx = torch.cat(list(indices_tuple))
+    idx, counts = torch.unique(idx, return_counts=True)
+    weights_B[idx] = counts.to(dtype) / counts.max()
+    return weights_B

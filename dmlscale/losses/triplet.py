@@ -1,0 +1,52 @@
+"""Triplet margin loss.
+
+L(a, p, n) = [d_ap - d_an + margin]_+ for distances, [s_an - s_ap + margin]_+ for similarities;
+`smooth_loss` uses softplus instead of the hinge, `swap` uses the positive-negative distance when it
+is the harder one. Triplets come from `indices_tuple`, or from labels: all of them
+(`triplets_per_anchor="all"`, enumerated without a dense B x R x R mask) or a random sample per anchor.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dmlscale.indices import convert_to_triplets
+from dmlscale.losses.base import BaseMetricLossFunction
+from dmlscale.losses.reducers import AvgNonZeroReducer
+
+
+def check_triplets_per_anchor(value) -> None:
+    if value != "all" and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        raise ValueError(f"triplets_per_anchor must be 'all' or a positive int, got {value!r}")
+
+
+class TripletMarginLoss(BaseMetricLossFunction):
+    """Margin-based triplet loss (PML defaults: margin 0.05, Euclidean distance, AvgNonZero)."""
+
+    def __init__(self, margin: float = 0.05, swap: bool = False, smooth_loss: bool = False,
+                 triplets_per_anchor: int | str = "all", **kwargs) -> None:
+        super().__init__(**kwargs)
+        check_triplets_per_anchor(triplets_per_anchor)
+        self.margin = margin
+        self.swap = swap
+        self.smooth_loss = smooth_loss
+        self.triplets_per_anchor = triplets_per_anchor
+
+    def get_default_reducer(self):
+        return AvgNonZeroReducer()
+
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
+        self.require_labels(labels, indices_tuple)
+        a_T, p_T, n_T = convert_to_triplets(indices_tuple, labels, ref_labels, self.triplets_per_anchor)
+        if len(a_T) == 0:
+            return self.zero_losses()
+        mat_BR = self.distance(embeddings, ref_emb)
+        ap_T = mat_BR[a_T, p_T]
+        an_T = mat_BR[a_T, n_T]
+        if self.swap:
+            ref_mat_RR = mat_BR if ref_emb is embeddings else self.distance(ref_emb)
+            an_T = self.distance.smallest_dist(an_T, ref_mat_RR[p_T, n_T])
+        violation_T = self.distance.margin(ap_T, an_T) + self.margin
+        loss_T = F.softplus(violation_T) if self.smooth_loss else F.relu(violation_T)
+        return {"loss": {"losses": loss_T, "indices": (a_T, p_T, n_T), "reduction_type": "triplet"}}

@@ -1,0 +1,11 @@
+"""Reducers, importable as `dmlscale.reducers` like `pytorch_metric_learning.reducers`."""
+
+from dmlscale.losses.reducers import (  # noqa: F401
+    AvgNonZeroReducer,
+    BaseReducer,
+    DoNothingReducer,
+    MeanReducer,
+    MultipleReducers,
+    SumReducer,
+    ThresholdReducer,
+)
