@@ -1,0 +1,106 @@
+"""Distances equal PML's matrices, pairwise values, gradients and statistics; bad settings are named."""
+
+import pytest
+import torch
+
+import dmlscale.distances as ours
+from tests.parity import DISTANCE_IDS, DISTANCE_SETTINGS, assert_close, make_distances, value_and_grads
+
+pml_d = pytest.importorskip("pytorch_metric_learning.distances")
+
+
+@pytest.mark.parametrize("with_ref", [False, True], ids=["self", "ref"])
+@pytest.mark.parametrize("setting", DISTANCE_SETTINGS, ids=DISTANCE_IDS)
+def test_matrix_and_gradient_match_pml(setting, with_ref):
+    ours_dist, pml_dist = make_distances(*setting)
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(9, 6, generator=gen, dtype=torch.float64)
+    r = torch.randn(7, 6, generator=gen, dtype=torch.float64) if with_ref else None
+    weights = torch.randn(9, 7 if with_ref else 9, generator=gen, dtype=torch.float64)
+    inputs = [q] if r is None else [q, r]
+
+    def weighted_sum(dist):
+        return lambda *x: (dist(*x) * weights).sum()
+
+    ours_val, ours_grads = value_and_grads(weighted_sum(ours_dist), inputs)
+    pml_val, pml_grads = value_and_grads(weighted_sum(pml_dist), inputs)
+    assert_close(ours_dist(*inputs), pml_dist(*inputs), what="matrix")
+    assert_close(ours_val, pml_val)
+    for g1, g2 in zip(ours_grads, pml_grads):
+        assert g1.abs().sum() > 0
+        assert_close(g1, g2, what="gradient")
+
+
+@pytest.mark.parametrize("setting", DISTANCE_SETTINGS, ids=DISTANCE_IDS)
+def test_pairwise_distance_and_helpers_match_pml(setting):
+    ours_dist, pml_dist = make_distances(*setting)
+    gen = torch.Generator().manual_seed(1)
+    q, r = torch.randn(2, 8, 5, generator=gen, dtype=torch.float64)
+    assert_close(ours_dist.pairwise_distance(q, r), pml_dist.pairwise_distance(q, r), what="pairwise")
+    assert ours_dist.is_inverted == pml_dist.is_inverted
+    x, y = torch.tensor([0.2, 0.9]), torch.tensor([0.5, 0.1])
+    assert torch.equal(ours_dist.margin(x, y), pml_dist.margin(x, y))
+    assert torch.equal(ours_dist.smallest_dist(x, y), pml_dist.smallest_dist(x, y))
+    assert torch.equal(ours_dist.largest_dist(x, y), pml_dist.largest_dist(x, y))
+
+
+def test_snr_is_variance_ratio_and_never_builds_pairwise_difference_tensor():
+    gen = torch.Generator().manual_seed(2)
+    q = torch.randn(4, 10, generator=gen, dtype=torch.float64)
+    r = torch.randn(3, 10, generator=gen, dtype=torch.float64)
+    mat = ours.SNRDistance(normalize_embeddings=False)(q, r)
+    for i in range(4):
+        for j in range(3):
+            expected = torch.var(q[i] - r[j]) / torch.var(q[i])
+            assert abs(mat[i, j].item() - expected.item()) < 1e-12
+    # self-distance is zero and the matrix is not symmetric in general
+    self_mat = ours.SNRDistance()(q)
+    assert self_mat.diagonal().abs().max() < 1e-12
+    assert not torch.allclose(self_mat, self_mat.t())
+
+
+def test_collect_stats_match_pml():
+    ours_dist = ours.LpDistance(collect_stats=True, normalize_embeddings=True)
+    pml_dist = pml_d.LpDistance(collect_stats=True, normalize_embeddings=True)
+    gen = torch.Generator().manual_seed(3)
+    q, r = torch.randn(5, 4, generator=gen) * 3, torch.randn(6, 4, generator=gen) * 2
+    ours_dist(q, r)
+    pml_dist(q, r)
+    for name in ["initial_avg_query_norm", "initial_avg_ref_norm", "final_avg_query_norm", "final_avg_ref_norm"]:
+        assert getattr(ours_dist, name) == pytest.approx(getattr(pml_dist, name), rel=1e-6), name
+    assert ours_dist.initial_avg_query_norm > 2.0 and ours_dist.final_avg_query_norm == pytest.approx(1.0)
+    quiet = ours.LpDistance()
+    quiet(q, r)
+    assert quiet.initial_avg_query_norm == 0
+
+
+def test_defaults_match_pml():
+    for name in ["LpDistance", "CosineSimilarity", "DotProductSimilarity", "SNRDistance"]:
+        a, b = getattr(ours, name)(), getattr(pml_d, name)()
+        for attr in ["normalize_embeddings", "p", "power", "is_inverted", "collect_stats"]:
+            assert getattr(a, attr) == getattr(b, attr), (name, attr)
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: ours.LpDistance(is_inverted=True), "is_inverted"),
+        (lambda: ours.CosineSimilarity(normalize_embeddings=False), "normalize_embeddings"),
+        (lambda: ours.DotProductSimilarity(is_inverted=False), "is_inverted"),
+        (lambda: ours.LpDistance(p=0), "p must be"),
+        (lambda: ours.LpDistance(power=-1), "power"),
+    ],
+)
+def test_bad_settings_raise_value_error(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_bad_shapes_are_named():
+    dist = ours.CosineSimilarity()
+    with pytest.raises(ValueError, match=r"query embeddings.*\(4,\)"):
+        dist(torch.randn(4))
+    with pytest.raises(ValueError, match="5 vs 3"):
+        dist(torch.randn(4, 5), torch.randn(2, 3))
+    with pytest.raises(ValueError, match="floating"):
+        dist(torch.ones(4, 5, dtype=torch.long))
