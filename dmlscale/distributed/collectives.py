@@ -1,0 +1,113 @@
+"""Autograd-aware collectives that accept different local batch sizes on different ranks.
+
+Legend: n local rows, N global rows (sum of every rank's n), D trailing feature size.
+Every function takes the process group explicitly (None: the default group) and works in a single
+process too, where it is the identity.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
+           torch.int8, torch.uint8, torch.bool]
+_MAX_DIMS = 6
+
+
+def _world(group) -> tuple[int, int]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def _describe(meta_row: list[int]) -> str:
+    ndim, dtype_code = meta_row[0], meta_row[1]
+    shape = tuple(meta_row[2:2 + ndim])
+    dtype = _DTYPES[dtype_code] if 0 <= dtype_code < len(_DTYPES) else f"dtype#{dtype_code}"
+    return f"shape {shape} {dtype}"
+
+
+def gather_sizes(x: torch.Tensor, group=None, *, name: str = "tensor") -> list[int]:
+    """Every rank's number of rows of `x`, after checking that all ranks agree on the trailing shape
+    and dtype. A disagreement raises the same ValueError on every rank (naming ranks and shapes),
+    before any data collective could hang or crash."""
+    rank, world_size = _world(group)
+    if x.ndim < 1 or x.ndim > _MAX_DIMS:
+        raise ValueError(f"{name} must have 1 to {_MAX_DIMS} dimensions, got shape {tuple(x.shape)}")
+    if x.dtype not in _DTYPES:
+        raise ValueError(f"{name} has unsupported dtype {x.dtype}")
+    if world_size == 1:
+        return [x.shape[0]]
+    meta = [x.ndim, _DTYPES.index(x.dtype), *x.shape] + [0] * (_MAX_DIMS - x.ndim)
+    meta_t = torch.tensor(meta, dtype=torch.int64, device=x.device)
+    gathered = [torch.empty_like(meta_t) for _ in range(world_size)]
+    dist.all_gather(gathered, meta_t, group=group)
+    rows = [g.tolist() for g in gathered]
+    reference = rows[rank]
+    for other, row in enumerate(rows):
+        if row[0] != reference[0] or row[1] != reference[1] or row[3:] != reference[3:]:
+            listing = ", ".join(f"rank {r}: {_describe(m)}" for r, m in enumerate(rows))
+            raise ValueError(
+                f"ranks disagree on the {name} to gather (all dimensions but the first, and the dtype, must match): "
+                f"rank {rank} has {_describe(reference)} but rank {other} has {_describe(row)}; all ranks: {listing}"
+            )
+    return [row[2] for row in rows]
+
+
+def _gather_padded(x: torch.Tensor, sizes: list[int], group) -> torch.Tensor:
+    """Concatenate every rank's rows (in rank order) through one padded all_gather."""
+    max_rows = max(sizes)
+    padded = x.new_zeros((max_rows, *x.shape[1:]))
+    padded[: x.shape[0]] = x
+    buckets = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(buckets, padded.contiguous(), group=group)
+    return torch.cat([b[:n] for b, n in zip(buckets, sizes)], dim=0)
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_nD, sizes, rank, group):
+        ctx.sizes, ctx.rank, ctx.group = sizes, rank, group
+        return _gather_padded(x_nD, sizes, group)
+
+    @staticmethod
+    def backward(ctx, grad_ND):
+        grad_ND = grad_ND.contiguous().clone()
+        dist.all_reduce(grad_ND, op=dist.ReduceOp.SUM, group=ctx.group)
+        start = sum(ctx.sizes[: ctx.rank])
+        return grad_ND[start : start + ctx.sizes[ctx.rank]], None, None, None
+
+
+def all_gather_with_grad(x_nD: torch.Tensor, group=None) -> torch.Tensor:
+    """All ranks' rows of x, concatenated in rank order (N x ...); local sizes may differ.
+
+    Gradients: the backward sums, over all ranks, the gradient each rank's graph sent to the gathered
+    tensor, and returns to each rank the rows it owns (reduce-scatter semantics). So if every rank
+    computes a loss L_r from the gathered tensor, rank i's input receives sum_r dL_r/dx_i, exactly as
+    one process computing sum_r L_r on the concatenated batch.
+    """
+    rank, world_size = _world(group)
+    sizes = gather_sizes(x_nD, group, name="embeddings")
+    if world_size == 1:
+        return x_nD
+    return _AllGatherWithGrad.apply(x_nD, sizes, rank, group)
+
+
+def all_gather_no_grad(x_n: torch.Tensor, group=None, *, name: str = "tensor") -> torch.Tensor:
+    """All ranks' rows of x (labels, indices, ...), concatenated in rank order; no gradient flows."""
+    _, world_size = _world(group)
+    sizes = gather_sizes(x_n, group, name=name)
+    if world_size == 1:
+        return x_n
+    with torch.no_grad():
+        return _gather_padded(x_n.detach(), sizes, group)
+
+
+def global_offsets(sizes: list[int]) -> list[int]:
+    """Row offset of each rank's block in the gathered tensor."""
+    offsets, total = [], 0
+    for n in sizes:
+        offsets.append(total)
+        total += n
+    return offsets

@@ -1,0 +1,61 @@
+"""Run a function on real spawned processes joined by a gloo process group (no mocks).
+
+`run_world(fn, world_size, *args)` spawns `world_size` processes; each calls `fn(rank, world_size, *args)`
+after joining the group on a free loopback port, and returns a picklable result. Results (or the
+exception text) come back per rank.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import tempfile
+import traceback
+
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from dmlscale.distributed import WorldInfo, init_process_group
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank, world_size, port, out_dir, fn, args):
+    info = WorldInfo(rank=rank, local_rank=rank, world_size=world_size, local_world_size=world_size,
+                     master_addr="127.0.0.1", master_port=port)
+    outcome = {}
+    try:
+        init_process_group(info, backend="gloo", timeout_s=60)
+        outcome["result"] = fn(rank, world_size, *args)
+    except Exception as error:  # reported to the parent test, which asserts on it
+        outcome["error"] = f"{type(error).__name__}: {error}"
+        outcome["traceback"] = traceback.format_exc()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as handle:
+        pickle.dump(outcome, handle)
+
+
+def run_world(fn, world_size: int, *args) -> list[dict]:
+    """Spawn the ranks and return one outcome dict per rank ({'result': ...} or {'error': ...})."""
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.spawn(_worker, args=(world_size, free_port(), out_dir, fn, args), nprocs=world_size, join=True)
+        outcomes = []
+        for rank in range(world_size):
+            with open(os.path.join(out_dir, f"rank{rank}.pkl"), "rb") as handle:
+                outcomes.append(pickle.load(handle))
+    return outcomes
+
+
+def results(outcomes: list[dict]) -> list:
+    """The per-rank results, failing with the first rank's traceback if any rank raised."""
+    for rank, outcome in enumerate(outcomes):
+        if "error" in outcome:
+            raise AssertionError(f"rank {rank} failed:\n{outcome['traceback']}")
+    return [o["result"] for o in outcomes]
