@@ -1,0 +1,40 @@
+"""Batch-hard triplet loss (Hermans et al. 2017, "In Defense of the Triplet Loss").
+
+Legend: B query rows, R reference rows; p*(i), n*(i) the hardest positive and negative of anchor i.
+
+For each anchor i with a positive and a negative in the (reference) batch:
+    p*(i) = argmax_{j: y_j = y_i, j != i} d_ij,   n*(i) = argmin_{k: y_k != y_i} d_ik,
+    L_i = [d_{i p*(i)} - d_{i n*(i)} + margin]_+          (s_in* - s_ip* + margin for a similarity)
+reduced like TripletMarginLoss (default: mean over the non-zero L_i). It is exactly
+TripletMarginLoss fed the triplets of BatchHardMiner; `smooth_loss=True` gives the soft-margin variant.
+"""
+
+from __future__ import annotations
+
+from dmlscale.losses.triplet import TripletMarginLoss
+
+
+class BatchHardTripletLoss(TripletMarginLoss):
+    """TripletMarginLoss over the batch-hard triplets it mines itself (one per anchor)."""
+
+    def __init__(self, margin: float = 0.05, swap: bool = False, smooth_loss: bool = False, **kwargs) -> None:
+        if "triplets_per_anchor" in kwargs:
+            raise ValueError(
+                f"BatchHardTripletLoss uses one (hardest) triplet per anchor; "
+                f"got triplets_per_anchor={kwargs['triplets_per_anchor']!r}"
+            )
+        super().__init__(margin=margin, swap=swap, smooth_loss=smooth_loss, **kwargs)
+        # imported here: dmlscale.miners builds on dmlscale.losses.base, so a module-level import cycles
+        from dmlscale.miners.batch_hard import BatchHardMiner
+
+        self.miner = BatchHardMiner(distance=self.distance)
+
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
+        if indices_tuple is not None:
+            raise ValueError("BatchHardTripletLoss mines its own triplets; pass indices_tuple=None")
+        self.require_labels(labels, allow_indices=False)
+        if ref_emb is embeddings:
+            mined = self.miner(embeddings, labels)
+        else:
+            mined = self.miner(embeddings, labels, ref_emb, ref_labels)
+        return super().compute_loss(embeddings, labels, mined, ref_emb, ref_labels)

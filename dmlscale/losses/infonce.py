@@ -1,0 +1,143 @@
+"""InfoNCE-family pair losses: NT-Xent (SimCLR) and SupCon, vectorised over the B x R matrix.
+
+Legend: B queries, R references, P positive pairs (a1_P, p_P), N negative pairs; mat_BR the distance
+matrix, logits_BR = +-mat_BR / temperature (negated for distances), neg_count_BR how often each
+(anchor, reference) pair is a negative, *_B one value per query row.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from dmlscale.distances import CosineSimilarity
+from dmlscale.indices import convert_to_pairs, matches_and_diffs
+from dmlscale.losses.logsumexp import masked_logsumexp
+from dmlscale.losses.pair import GenericPairLoss
+from dmlscale.losses.reducers import AvgNonZeroReducer
+
+
+def check_temperature(temperature) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature > 0:
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+
+
+def similarity_logits(loss, mat_BR: torch.Tensor) -> torch.Tensor:
+    """Larger-is-closer logits: mat / t for similarities, -mat / t for distances."""
+    return (mat_BR if loss.distance.is_inverted else -mat_BR) / loss.temperature
+
+
+class NTXentLoss(GenericPairLoss):
+    """NT-Xent: for each positive pair (a, p), with l = logits,
+
+        L_ap = -log( exp(l_ap) / (exp(l_ap) + sum_{negative pairs (a, n)} exp(l_an)) + tiny )
+
+    where the negatives are the negative pairs sharing the anchor a (counted with multiplicity when
+    an indices_tuple repeats a pair) and tiny = finfo(dtype).tiny. Equal to PML's NTXentLoss in value
+    and gradient, but the negative sums are taken once per anchor row from a B x R count matrix, so
+    memory is O(B*R + P) instead of PML's O(P*N) = O(B^3) positive x negative tensor.
+    """
+
+    def __init__(self, temperature: float = 0.07, **kwargs) -> None:
+        super().__init__(**kwargs)
+        check_temperature(temperature)
+        self.temperature = temperature
+        self.add_to_recordable_attributes(list_of_names=["temperature"], is_stat=False)
+
+    def get_default_distance(self):
+        return CosineSimilarity()
+
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
+        self.require_labels(labels, indices_tuple)
+        if indices_tuple is None:
+            # every pair from labels: positives as a short index list, negatives as the boolean mask
+            # itself (never the B*R-long list of negative pairs)
+            same_BR, neg_BR = matches_and_diffs(labels, ref_labels)
+            a1_P, p_P = torch.where(same_BR)
+            del same_BR
+            num_neg = int(neg_BR.sum())
+            if (len(a1_P) <= 1 and num_neg <= 1) or len(a1_P) == 0 or num_neg == 0:
+                return self.zero_losses()
+            neg_count_BR = None
+        else:
+            a1_P, p_P, a2_N, n_N = convert_to_pairs(indices_tuple, labels, ref_labels)
+            if all(len(x) <= 1 for x in (a1_P, p_P, a2_N, n_N)) or len(a1_P) == 0 or len(a2_N) == 0:
+                return self.zero_losses()
+            neg_count_BR = torch.zeros(len(embeddings), len(ref_emb), dtype=embeddings.dtype, device=embeddings.device)
+            neg_count_BR.index_put_((a2_N, n_N), torch.ones_like(a2_N, dtype=neg_count_BR.dtype), accumulate=True)
+            neg_BR = neg_count_BR > 0
+        logits_BR = similarity_logits(self, self.distance(embeddings, ref_emb))
+        losses_P = ntxent_pair_losses(logits_BR, a1_P, p_P, neg_BR, neg_count_BR)
+        return {"loss": {"losses": losses_P, "indices": (a1_P, p_P), "reduction_type": "pos_pair"}}
+
+
+def ntxent_pair_losses(logits_BR, a1_P, p_P, neg_BR, neg_count_BR=None) -> torch.Tensor:
+    """Per-positive-pair NT-Xent losses from the logits and the negatives of each anchor row.
+
+    Each pair is shifted by m_ap = max(l_ap, max_n l_an) (detached) as PML does. The row sums are
+    taken with the row shift m_a = max_n l_an and rescaled per pair:
+    sum_n exp(l_an - m_ap) = exp(m_a - m_ap) * sum_n exp(l_an - m_a), with exp(m_a - m_ap) <= 1.
+    """
+    with torch.no_grad():
+        row_max_B = logits_BR.masked_fill(~neg_BR, float("-inf")).amax(dim=1)  # -inf: anchor has no negatives
+        row_shift_B = torch.where(torch.isfinite(row_max_B), row_max_B, torch.zeros_like(row_max_B))
+    exp_BR = torch.exp((logits_BR - row_shift_B[:, None]).masked_fill(~neg_BR, float("-inf")))
+    if neg_count_BR is not None:
+        exp_BR = exp_BR * neg_count_BR
+    neg_sum_B = exp_BR.sum(dim=1)
+    del exp_BR
+    pos_P = logits_BR[a1_P, p_P]
+    with torch.no_grad():
+        pair_shift_P = torch.maximum(pos_P, row_max_B[a1_P])
+        rescale_P = torch.exp(row_max_B[a1_P] - pair_shift_P)  # 0 for anchors without negatives
+    numerator_P = torch.exp(pos_P - pair_shift_P)
+    denominator_P = numerator_P + neg_sum_B[a1_P] * rescale_P
+    return -torch.log(numerator_P / denominator_P + torch.finfo(logits_BR.dtype).tiny)
+
+
+class SupConLoss(GenericPairLoss):
+    """Supervised contrastive loss (Khosla et al. 2020): for each anchor row a with positives P(a)
+    and negatives N(a), with l = logits,
+
+        L_a = -1/|P(a)| sum_{p in P(a)} ( l_ap - log sum_{r in P(a) U N(a)} exp(l_ar) )
+
+    (rows without positives give 0 and are dropped by the default AvgNonZeroReducer).
+    """
+
+    uses_masks = True
+
+    def __init__(self, temperature: float = 0.1, **kwargs) -> None:
+        super().__init__(**kwargs)
+        check_temperature(temperature)
+        self.temperature = temperature
+        self.add_to_recordable_attributes(list_of_names=["temperature"], is_stat=False)
+
+    def get_default_distance(self):
+        return CosineSimilarity()
+
+    def get_default_reducer(self):
+        return AvgNonZeroReducer()
+
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
+        if indices_tuple is not None:
+            return super().compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        # from labels, the masks come straight from label equality (no list of all B*R pairs)
+        self.require_labels(labels, indices_tuple)
+        same_BR, diff_BR = matches_and_diffs(labels, ref_labels)
+        if int(same_BR.sum()) <= 1 and int(diff_BR.sum()) <= 1:
+            return self.zero_losses()
+        mat_BR = self.distance(embeddings, ref_emb)
+        return self.mask_loss(mat_BR, same_BR.to(mat_BR.dtype), diff_BR.to(mat_BR.dtype))
+
+    def mask_loss(self, mat_BR, pos_BR, neg_BR) -> dict:
+        if not (bool(pos_BR.any()) and bool(neg_BR.any())):
+            return self.zero_losses()
+        logits_BR = similarity_logits(self, mat_BR)
+        logits_BR = logits_BR - logits_BR.amax(dim=1, keepdim=True).detach()
+        lse_B = masked_logsumexp(logits_BR, (pos_BR + neg_BR) > 0, add_one=False)
+        log_prob_BR = logits_BR - lse_B[:, None]
+        num_pos_B = pos_BR.sum(dim=1)
+        mean_log_prob_pos_B = (pos_BR * log_prob_BR).sum(dim=1) / (num_pos_B + torch.finfo(mat_BR.dtype).tiny)
+        indices_B = torch.arange(len(mat_BR), device=mat_BR.device)
+        return {"loss": {"losses": -mean_log_prob_pos_B, "indices": indices_B, "reduction_type": "element"}}

@@ -1,0 +1,67 @@
+"""Template for every miner: validate inputs -> resolve ref_emb -> mine (no autograd) -> check the tuple.
+
+Signature and outputs follow pytorch-metric-learning: `miner(embeddings, labels, ref_emb=None,
+ref_labels=None)` returns a triplet tuple (a, p, n) or a pair tuple (a1, p, a2, n) of long tensors;
+anchors index `embeddings`, positives/negatives index `ref_emb` (the batch itself when omitted).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dmlscale.losses.base import ModuleWithDistance, resolve_inputs
+
+_COUNT_STATS = ["num_pos_pairs", "num_neg_pairs", "num_triplets"]
+
+
+class BaseMiner(ModuleWithDistance):
+    """Base class: subclasses implement `mine(embeddings, labels, ref_emb, ref_labels)`.
+
+    As in PML, `num_pos_pairs`, `num_neg_pairs` and `num_triplets` are filled on every call (they
+    are plain lengths, free to compute); other statistics need `collect_stats=True`.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_to_recordable_attributes(list_of_names=_COUNT_STATS, is_stat=True)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor | None = None,
+                ref_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        self.reset_stats()
+        if labels is None:
+            raise ValueError(f"{type(self).__name__} needs labels; got labels=None")
+        with torch.no_grad():
+            embeddings, labels, ref_emb, ref_labels = resolve_inputs(embeddings, labels, ref_emb, ref_labels)
+            mined = self.mine(embeddings, labels, ref_emb, ref_labels)
+        self.record_counts(mined)
+        return mined
+
+    def mine(self, embeddings, labels, ref_emb, ref_labels) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def record_counts(self, mined) -> None:
+        """Check the tuple's arity and lengths, and store the counts."""
+        if not isinstance(mined, tuple) or len(mined) not in (3, 4):
+            raise ValueError(
+                f"{type(self).__name__}.mine must return a tuple of 3 (a, p, n) or 4 (a1, p, a2, n) tensors, "
+                f"got {type(mined).__name__} of length {len(mined) if hasattr(mined, '__len__') else '?'}"
+            )
+        lengths = [len(x) for x in mined]
+        if len(mined) == 3:
+            if len(set(lengths)) != 1:
+                raise ValueError(f"{type(self).__name__}.mine returned triplets of unequal lengths {lengths}")
+            self.num_triplets = lengths[0]
+        else:
+            if lengths[0] != lengths[1] or lengths[2] != lengths[3]:
+                raise ValueError(f"{type(self).__name__}.mine returned pairs of unequal lengths {lengths}")
+            self.num_pos_pairs, self.num_neg_pairs = lengths[0], lengths[2]
+
+
+def check_number(owner: str, name: str, value) -> None:
+    """Raise a ValueError naming `owner.name` unless value is a real number (bools excluded)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{owner} {name} must be a number, got {value!r}")
+
+
+def empty_indices(device, count: int) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.empty(0, dtype=torch.long, device=device) for _ in range(count))
