@@ -5,6 +5,7 @@ Legend: q_QD query embeddings, r_RD reference embeddings, mat_QR the Q x R matri
 Contract (as PML): `forward(query, ref=None)` optionally L_p-normalises both sides, calls
 `compute_mat`, then raises the matrix to `power`. `is_inverted=True` marks a similarity (larger is
 closer); `margin`, `smallest_dist` and `largest_dist` let losses be written once for both kinds.
+`ModuleWithDistance` is the common base of losses and miners: it holds a distance with a per-class default.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dmlscale.inputs import check_embeddings
 from dmlscale.records import ModuleWithRecords
 
 _NORM_STATS = [
@@ -20,16 +22,6 @@ _NORM_STATS = [
     "final_avg_query_norm",
     "final_avg_ref_norm",
 ]
-
-
-def check_embeddings(name: str, emb: torch.Tensor) -> None:
-    """Raise a ValueError naming `name` unless `emb` is a 2-D floating tensor."""
-    if not torch.is_tensor(emb):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(emb).__name__}")
-    if emb.ndim != 2:
-        raise ValueError(f"{name} must have shape (batch_size, embedding_size), got {tuple(emb.shape)}")
-    if not emb.is_floating_point():
-        raise ValueError(f"{name} must be a floating tensor, got dtype {emb.dtype}")
 
 
 class BaseDistance(ModuleWithRecords):
@@ -192,3 +184,31 @@ class SNRDistance(BaseDistance):
 
     def pairwise_distance(self, query_emb: torch.Tensor, ref_emb: torch.Tensor) -> torch.Tensor:
         return torch.var(query_emb - ref_emb, dim=1) / torch.var(query_emb, dim=1)
+
+
+class ModuleWithDistance(ModuleWithRecords):
+    """Holds a distance (a default one per subclass) and checks the type a subclass requires.
+
+    The common base of losses and miners, kept here (not in losses/) so miners need not import losses.
+    """
+
+    def __init__(self, distance: BaseDistance | None = None, collect_stats: bool = False) -> None:
+        super().__init__(collect_stats=collect_stats)
+        if distance is not None and not isinstance(distance, BaseDistance):
+            raise ValueError(f"distance must be a dmlscale.distances.BaseDistance, got {type(distance).__name__}")
+        self.distance = self.get_default_distance() if distance is None else distance
+
+    def get_default_distance(self) -> BaseDistance:
+        return LpDistance(p=2)
+
+    def require_distance(self, allowed: type | tuple[type, ...], **settings) -> None:
+        """Raise a ValueError naming the distance when it is not of the allowed type/settings."""
+        allowed_types = allowed if isinstance(allowed, tuple) else (allowed,)
+        names = " or ".join(t.__name__ for t in allowed_types)
+        if not isinstance(self.distance, allowed_types):
+            raise ValueError(f"{type(self).__name__} requires distance {names}, got {type(self.distance).__name__}")
+        for key, value in settings.items():
+            if getattr(self.distance, key) != value:
+                raise ValueError(
+                    f"{type(self).__name__} requires {names}({key}={value!r}), got {key}={getattr(self.distance, key)!r}"
+                )

@@ -12,18 +12,6 @@ from __future__ import annotations
 import torch
 
 
-def check_labels(name: str, labels: torch.Tensor | None, num_rows: int) -> None:
-    """Raise a ValueError naming `name` unless labels is None or a 1-D tensor of length num_rows."""
-    if labels is None:
-        return
-    if not torch.is_tensor(labels):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D tensor of shape (batch_size,), got {tuple(labels.shape)}")
-    if labels.shape[0] != num_rows:
-        raise ValueError(f"{name} has {labels.shape[0]} entries but there are {num_rows} embeddings")
-
-
 def check_indices_tuple(indices_tuple, num_query: int, num_ref: int) -> None:
     """Validate a pair (4) or triplet (3) tuple against the batch sizes, naming the bad entry."""
     if indices_tuple is None:

@@ -12,6 +12,7 @@ TripletMarginLoss fed the triplets of BatchHardMiner; `smooth_loss=True` gives t
 from __future__ import annotations
 
 from dmlscale.losses.triplet import TripletMarginLoss
+from dmlscale.miners.batch_hard import BatchHardMiner
 
 
 class BatchHardTripletLoss(TripletMarginLoss):
@@ -24,9 +25,6 @@ class BatchHardTripletLoss(TripletMarginLoss):
                 f"got triplets_per_anchor={kwargs['triplets_per_anchor']!r}"
             )
         super().__init__(margin=margin, swap=swap, smooth_loss=smooth_loss, **kwargs)
-        # imported here: dmlscale.miners builds on dmlscale.losses.base, so a module-level import cycles
-        from dmlscale.miners.batch_hard import BatchHardMiner
-
         self.miner = BatchHardMiner(distance=self.distance)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:

@@ -11,7 +11,7 @@ import torch
 
 from dmlscale.distances import BaseDistance, CosineSimilarity
 from dmlscale.losses.pair import GenericPairLoss
-from dmlscale.losses.param_checks import check_real
+from dmlscale.param_checks import check_real
 
 
 def _softplus(x: torch.Tensor) -> torch.Tensor:

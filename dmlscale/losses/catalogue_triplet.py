@@ -14,7 +14,7 @@ import torch
 
 from dmlscale.distances import BaseDistance
 from dmlscale.indices import convert_to_triplets
-from dmlscale.losses.param_checks import check_real
+from dmlscale.param_checks import check_real
 from dmlscale.losses.reducers import BaseReducer, MeanReducer
 from dmlscale.losses.triplet import TripletMarginLoss
 

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from dmlscale.distances import LpDistance
 from dmlscale.losses.base import BaseMetricLossFunction
 from dmlscale.losses.reducers import AvgNonZeroReducer
+from dmlscale.miners.distance_weighted import DistanceWeightedMiner
+from dmlscale.param_checks import check_real
 
 
 class DistanceWeightedMarginLoss(BaseMetricLossFunction):
@@ -27,14 +29,10 @@ class DistanceWeightedMarginLoss(BaseMetricLossFunction):
     def __init__(self, margin: float = 0.2, beta: float = 1.2, learn_beta: bool = False, cutoff: float = 0.5,
                  nonzero_loss_cutoff: float = 1.4, **kwargs) -> None:
         super().__init__(**kwargs)
-        for name, value in (("margin", margin), ("beta", beta)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"DistanceWeightedMarginLoss {name} must be a number, got {value!r}")
+        check_real(type(self).__name__, "margin", margin, finite=False)
+        check_real(type(self).__name__, "beta", beta, finite=False)
         if not isinstance(learn_beta, bool):
             raise ValueError(f"learn_beta must be a bool, got {learn_beta!r}")
-        # see BatchHardTripletLoss for why this import is local
-        from dmlscale.miners.distance_weighted import DistanceWeightedMiner
-
         self.miner = DistanceWeightedMiner(cutoff=cutoff, nonzero_loss_cutoff=nonzero_loss_cutoff,
                                            distance=self.distance)
         self.margin = margin

@@ -11,7 +11,7 @@ import torch
 
 from dmlscale.indices import convert_to_pairs
 from dmlscale.losses.pair import ContrastiveLoss
-from dmlscale.losses.param_checks import check_positive_int, check_real
+from dmlscale.param_checks import check_positive_int, check_real
 
 FAVOUR_CHOICES = ("mean", "tails")
 

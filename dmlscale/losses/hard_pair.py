@@ -11,7 +11,7 @@ import torch
 
 from dmlscale.losses.logsumexp import masked_logsumexp
 from dmlscale.losses.pair import GenericPairLoss
-from dmlscale.losses.param_checks import check_real
+from dmlscale.param_checks import check_real
 
 
 class HardPairLoss(GenericPairLoss):

@@ -7,8 +7,6 @@ matrix, logits_BR = +-mat_BR / temperature (negated for distances), neg_count_BR
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 
 from dmlscale.distances import CosineSimilarity
@@ -16,11 +14,7 @@ from dmlscale.indices import convert_to_pairs, matches_and_diffs
 from dmlscale.losses.logsumexp import masked_logsumexp
 from dmlscale.losses.pair import GenericPairLoss
 from dmlscale.losses.reducers import AvgNonZeroReducer
-
-
-def check_temperature(temperature) -> None:
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature > 0:
-        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+from dmlscale.param_checks import check_positive
 
 
 def similarity_logits(loss, mat_BR: torch.Tensor) -> torch.Tensor:
@@ -41,7 +35,7 @@ class NTXentLoss(GenericPairLoss):
 
     def __init__(self, temperature: float = 0.07, **kwargs) -> None:
         super().__init__(**kwargs)
-        check_temperature(temperature)
+        check_positive(type(self).__name__, "temperature", temperature)
         self.temperature = temperature
         self.add_to_recordable_attributes(list_of_names=["temperature"], is_stat=False)
 
@@ -109,7 +103,7 @@ class SupConLoss(GenericPairLoss):
 
     def __init__(self, temperature: float = 0.1, **kwargs) -> None:
         super().__init__(**kwargs)
-        check_temperature(temperature)
+        check_positive(type(self).__name__, "temperature", temperature)
         self.temperature = temperature
         self.add_to_recordable_attributes(list_of_names=["temperature"], is_stat=False)
 

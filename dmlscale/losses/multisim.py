@@ -6,8 +6,6 @@ positive / negative pairs, *_B one value per query row.
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 import torch.nn.functional as F
 
@@ -15,16 +13,7 @@ from dmlscale.distances import CosineSimilarity
 from dmlscale.losses.logsumexp import masked_logsumexp
 from dmlscale.losses.pair import GenericPairLoss
 from dmlscale.losses.reducers import AvgNonZeroReducer
-
-
-def check_positive(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-
-
-def check_real(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
+from dmlscale.param_checks import check_positive, check_real
 
 
 def row_indices(mat_BR: torch.Tensor) -> torch.Tensor:
@@ -43,9 +32,10 @@ class MultiSimilarityLoss(GenericPairLoss):
 
     def __init__(self, alpha: float = 2, beta: float = 50, base: float = 0.5, **kwargs) -> None:
         super().__init__(**kwargs)
-        check_positive("alpha", alpha)
-        check_positive("beta", beta)
-        check_real("base", base)
+        owner = type(self).__name__
+        check_positive(owner, "alpha", alpha)
+        check_positive(owner, "beta", beta)
+        check_real(owner, "base", base, finite=False)
         self.alpha, self.beta, self.base = alpha, beta, base
         self.add_to_recordable_attributes(list_of_names=["alpha", "beta", "base"], is_stat=False)
 
@@ -75,8 +65,9 @@ class CircleLoss(GenericPairLoss):
     def __init__(self, m: float = 0.4, gamma: float = 80, **kwargs) -> None:
         super().__init__(**kwargs)
         self.require_distance(CosineSimilarity)
-        check_real("m", m)
-        check_positive("gamma", gamma)
+        owner = type(self).__name__
+        check_real(owner, "m", m, finite=False)
+        check_positive(owner, "gamma", gamma)
         self.m, self.gamma = m, gamma
         self.op, self.on = 1 + m, -m  # optimum similarity of positives / negatives
         self.delta_p, self.delta_n = 1 - m, m  # decision margins

@@ -6,14 +6,13 @@ centres_CD the learned class centres, *_B one value per query row.
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 import torch.nn.functional as F
 
 from dmlscale.distances import BaseDistance, LpDistance
 from dmlscale.indices import anchor_weights
 from dmlscale.losses.base import BaseMetricLossFunction
+from dmlscale.param_checks import check_positive, check_positive_int
 
 
 class NCALoss(BaseMetricLossFunction):
@@ -27,8 +26,7 @@ class NCALoss(BaseMetricLossFunction):
 
     def __init__(self, softmax_scale: float = 1, **kwargs) -> None:
         super().__init__(**kwargs)
-        if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real) or not softmax_scale > 0:
-            raise ValueError(f"softmax_scale must be a positive number, got {softmax_scale!r}")
+        check_positive(type(self).__name__, "softmax_scale", softmax_scale)
         self.softmax_scale = softmax_scale
         self.add_to_recordable_attributes(list_of_names=["softmax_scale"], is_stat=False)
 
@@ -69,9 +67,8 @@ class CenterLoss(BaseMetricLossFunction):
     """
 
     def __init__(self, num_classes: int, embedding_size: int, **kwargs) -> None:
-        for name, value in (("num_classes", num_classes), ("embedding_size", embedding_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_int(type(self).__name__, "num_classes", num_classes)
+        check_positive_int(type(self).__name__, "embedding_size", embedding_size)
         super().__init__(**kwargs)
         if self.distance.is_inverted:
             raise ValueError(

@@ -14,11 +14,7 @@ import torch.nn.functional as F
 from dmlscale.indices import convert_to_triplets
 from dmlscale.losses.base import BaseMetricLossFunction
 from dmlscale.losses.reducers import AvgNonZeroReducer
-
-
-def check_triplets_per_anchor(value) -> None:
-    if value != "all" and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-        raise ValueError(f"triplets_per_anchor must be 'all' or a positive int, got {value!r}")
+from dmlscale.param_checks import check_positive_int
 
 
 class TripletMarginLoss(BaseMetricLossFunction):
@@ -27,7 +23,7 @@ class TripletMarginLoss(BaseMetricLossFunction):
     def __init__(self, margin: float = 0.05, swap: bool = False, smooth_loss: bool = False,
                  triplets_per_anchor: int | str = "all", **kwargs) -> None:
         super().__init__(**kwargs)
-        check_triplets_per_anchor(triplets_per_anchor)
+        check_positive_int(type(self).__name__, "triplets_per_anchor", triplets_per_anchor, alternatives=("all",))
         self.margin = margin
         self.swap = swap
         self.smooth_loss = smooth_loss

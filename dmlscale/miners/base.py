@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from dmlscale.losses.base import ModuleWithDistance, resolve_inputs
+from dmlscale.distances import ModuleWithDistance
+from dmlscale.inputs import resolve_inputs
 
 _COUNT_STATS = ["num_pos_pairs", "num_neg_pairs", "num_triplets"]
 
@@ -55,12 +56,6 @@ class BaseMiner(ModuleWithDistance):
             if lengths[0] != lengths[1] or lengths[2] != lengths[3]:
                 raise ValueError(f"{type(self).__name__}.mine returned pairs of unequal lengths {lengths}")
             self.num_pos_pairs, self.num_neg_pairs = lengths[0], lengths[2]
-
-
-def check_number(owner: str, name: str, value) -> None:
-    """Raise a ValueError naming `owner.name` unless value is a real number (bools excluded)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{owner} {name} must be a number, got {value!r}")
 
 
 def empty_indices(device, count: int) -> tuple[torch.Tensor, ...]:

@@ -15,24 +15,14 @@ from __future__ import annotations
 import torch
 
 from dmlscale.indices import matches_and_diffs
-from dmlscale.miners.base import BaseMiner, check_number
+from dmlscale.miners.base import BaseMiner
+from dmlscale.param_checks import check_real_range
 
 HARD, SEMIHARD, EASY, ALL = "hard", "semihard", "easy", "all"
 STRATEGIES = (HARD, SEMIHARD, EASY, ALL)
 _EXTREME_STATS = [
     "easiest_triplet", "hardest_triplet", "easiest_pos_pair", "hardest_pos_pair", "easiest_neg_pair", "hardest_neg_pair",
 ]
-
-
-def check_range(name: str, value) -> None:
-    if value is None:
-        return
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise ValueError(f"{name} must be None or a (low, high) pair, got {value!r}")
-    for bound in value:
-        check_number("BatchEasyHardMiner", name, bound)
-    if value[0] > value[1]:
-        raise ValueError(f"{name} must have low <= high, got {value!r}")
 
 
 class BatchEasyHardMiner(BaseMiner):
@@ -59,8 +49,8 @@ class BatchEasyHardMiner(BaseMiner):
                 f"'semihard' needs a single pick on the other side, so it cannot pair with 'all' "
                 f"(got pos_strategy={pos_strategy!r}, neg_strategy={neg_strategy!r})"
             )
-        check_range("allowed_pos_range", allowed_pos_range)
-        check_range("allowed_neg_range", allowed_neg_range)
+        check_real_range(type(self).__name__, "allowed_pos_range", allowed_pos_range)
+        check_real_range(type(self).__name__, "allowed_neg_range", allowed_neg_range)
         self.pos_strategy = pos_strategy
         self.neg_strategy = neg_strategy
         self.allowed_pos_range = allowed_pos_range

@@ -15,7 +15,8 @@ import torch
 
 from dmlscale.distances import LpDistance
 from dmlscale.indices import random_triplets
-from dmlscale.miners.base import BaseMiner, check_number
+from dmlscale.miners.base import BaseMiner
+from dmlscale.param_checks import check_real
 
 
 class DistanceWeightedMiner(BaseMiner):
@@ -28,8 +29,8 @@ class DistanceWeightedMiner(BaseMiner):
     def __init__(self, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4, **kwargs) -> None:
         super().__init__(**kwargs)
         self.require_distance(LpDistance, p=2, power=1, normalize_embeddings=True)
-        check_number("DistanceWeightedMiner", "cutoff", cutoff)
-        check_number("DistanceWeightedMiner", "nonzero_loss_cutoff", nonzero_loss_cutoff)
+        check_real(type(self).__name__, "cutoff", cutoff, finite=False)
+        check_real(type(self).__name__, "nonzero_loss_cutoff", nonzero_loss_cutoff, finite=False)
         if nonzero_loss_cutoff <= cutoff:
             raise ValueError(
                 f"nonzero_loss_cutoff ({nonzero_loss_cutoff!r}) must exceed cutoff ({cutoff!r}), "

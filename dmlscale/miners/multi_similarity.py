@@ -13,7 +13,8 @@ import torch
 
 from dmlscale.distances import BaseDistance, CosineSimilarity
 from dmlscale.indices import matches_and_diffs
-from dmlscale.miners.base import BaseMiner, check_number, empty_indices
+from dmlscale.miners.base import BaseMiner, empty_indices
+from dmlscale.param_checks import check_real
 
 
 class MultiSimilarityMiner(BaseMiner):
@@ -21,7 +22,7 @@ class MultiSimilarityMiner(BaseMiner):
 
     def __init__(self, epsilon: float = 0.1, **kwargs) -> None:
         super().__init__(**kwargs)
-        check_number("MultiSimilarityMiner", "epsilon", epsilon)
+        check_real(type(self).__name__, "epsilon", epsilon, finite=False)
         self.epsilon = epsilon
 
     def get_default_distance(self) -> BaseDistance:

@@ -9,7 +9,8 @@ For a similarity: keep positives with s < pos_margin and negatives with s > neg_
 from __future__ import annotations
 
 from dmlscale.indices import all_pairs
-from dmlscale.miners.base import BaseMiner, check_number
+from dmlscale.miners.base import BaseMiner
+from dmlscale.param_checks import check_real
 
 
 class PairMarginMiner(BaseMiner):
@@ -17,8 +18,8 @@ class PairMarginMiner(BaseMiner):
 
     def __init__(self, pos_margin: float = 0.2, neg_margin: float = 0.8, **kwargs) -> None:
         super().__init__(**kwargs)
-        check_number("PairMarginMiner", "pos_margin", pos_margin)
-        check_number("PairMarginMiner", "neg_margin", neg_margin)
+        check_real(type(self).__name__, "pos_margin", pos_margin, finite=False)
+        check_real(type(self).__name__, "neg_margin", neg_margin, finite=False)
         self.pos_margin = pos_margin
         self.neg_margin = neg_margin
         self.add_to_recordable_attributes(list_of_names=["pos_pair_dist", "neg_pair_dist"], is_stat=True)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from dmlscale.indices import all_triplets
-from dmlscale.miners.base import BaseMiner, check_number
+from dmlscale.miners.base import BaseMiner
+from dmlscale.param_checks import check_real
 
 TRIPLET_TYPES = ("all", "hard", "semihard", "easy")
 
@@ -22,7 +23,7 @@ class TripletMarginMiner(BaseMiner):
 
     def __init__(self, margin: float = 0.2, type_of_triplets: str = "all", **kwargs) -> None:
         super().__init__(**kwargs)
-        check_number("TripletMarginMiner", "margin", margin)
+        check_real(type(self).__name__, "margin", margin, finite=False)
         if type_of_triplets not in TRIPLET_TYPES:
             raise ValueError(f"type_of_triplets must be one of {TRIPLET_TYPES}, got {type_of_triplets!r}")
         self.margin = margin
