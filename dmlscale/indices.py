@@ -1,8 +1,10 @@
 """Index tuples: which (anchor, positive) pairs, (anchor, negative) pairs and triplets a loss uses.
 
 Conventions (PML's): a pair tuple is (a1, p, a2, n), a triplet tuple is (a, p, n); anchors index the
-query batch, positives/negatives index the reference batch. When the reference batch *is* the query
-batch (`ref_labels is labels`), self pairs (i, i) are not positives.
+query batch, positives/negatives index the reference batch. `query_ref_index[i]` names the reference
+row that holds query row i itself (-1: none); self pairs (i, query_ref_index[i]) are never positives.
+When it is None it defaults to arange(B) if ref_labels is None (the batch compared with itself) and to
+all -1 otherwise, which is PML's behaviour with and without a reference batch.
 
 Legend: B query rows, R reference rows, T triplets.
 """
@@ -10,6 +12,29 @@ Legend: B query rows, R reference rows, T triplets.
 from __future__ import annotations
 
 import torch
+
+
+def resolve_query_ref_index(labels: torch.Tensor, ref_labels: torch.Tensor | None, query_ref_index):
+    """(ref_labels, query_ref_index) with the defaults above filled in."""
+    if query_ref_index is None:
+        if ref_labels is None:
+            query_ref_index = torch.arange(len(labels), device=labels.device)
+        else:
+            query_ref_index = torch.full((len(labels),), -1, dtype=torch.long, device=labels.device)
+    return (labels if ref_labels is None else ref_labels), query_ref_index
+
+
+def self_pairs(query_ref_index: torch.Tensor):
+    """(rows, cols) of the self pairs (i, query_ref_index[i]) that exist."""
+    rows = torch.where(query_ref_index >= 0)[0]
+    return rows, query_ref_index[rows]
+
+
+def self_mask(query_ref_index: torch.Tensor, num_ref: int) -> torch.Tensor:
+    """Boolean B x R mask, True exactly at the self pairs."""
+    mask_BR = torch.zeros(len(query_ref_index), num_ref, dtype=torch.bool, device=query_ref_index.device)
+    mask_BR[self_pairs(query_ref_index)] = True
+    return mask_BR
 
 
 def check_indices_tuple(indices_tuple, num_query: int, num_ref: int) -> None:
@@ -35,32 +60,33 @@ def check_indices_tuple(indices_tuple, num_query: int, num_ref: int) -> None:
         raise ValueError(f"indices_tuple lengths do not match: {[len(x) for x in indices_tuple]}")
 
 
-def matches_and_diffs(labels: torch.Tensor, ref_labels: torch.Tensor | None = None):
-    """Boolean B x R masks of same-label (self pairs removed when ref is the query) and different-label pairs."""
-    if ref_labels is None:
-        ref_labels = labels
+def matches_and_diffs(labels: torch.Tensor, ref_labels: torch.Tensor | None = None,
+                      query_ref_index: torch.Tensor | None = None):
+    """Boolean B x R masks of same-label pairs (self pairs removed) and different-label pairs."""
+    ref_labels, query_ref_index = resolve_query_ref_index(labels, ref_labels, query_ref_index)
     same_BR = labels[:, None] == ref_labels[None, :]
     diff_BR = ~same_BR
-    if ref_labels is labels:
-        same_BR.fill_diagonal_(False)
+    same_BR[self_pairs(query_ref_index)] = False
     return same_BR, diff_BR
 
 
-def all_pairs(labels: torch.Tensor, ref_labels: torch.Tensor | None = None):
+def all_pairs(labels: torch.Tensor, ref_labels: torch.Tensor | None = None,
+              query_ref_index: torch.Tensor | None = None):
     """(a1, p, a2, n) for every positive and every negative pair, in row-major order."""
-    same_BR, diff_BR = matches_and_diffs(labels, ref_labels)
+    same_BR, diff_BR = matches_and_diffs(labels, ref_labels, query_ref_index)
     a1, p = torch.where(same_BR)
     a2, n = torch.where(diff_BR)
     return a1, p, a2, n
 
 
-def all_triplets(labels: torch.Tensor, ref_labels: torch.Tensor | None = None):
+def all_triplets(labels: torch.Tensor, ref_labels: torch.Tensor | None = None,
+                 query_ref_index: torch.Tensor | None = None):
     """Every (a, p, n) triplet, ordered by a, then p, then n.
 
     Built from the pair lists with repeat_interleave: memory is the number of triplets, never the
     dense B x R x R mask.
     """
-    same_BR, diff_BR = matches_and_diffs(labels, ref_labels)
+    same_BR, diff_BR = matches_and_diffs(labels, ref_labels, query_ref_index)
     a_P, p_P = torch.where(same_BR)
     a_N, n_N = torch.where(diff_BR)
     num_neg_B = diff_BR.sum(dim=1)
@@ -75,22 +101,23 @@ def all_triplets(labels: torch.Tensor, ref_labels: torch.Tensor | None = None):
     return a_T, p_T, n_T
 
 
-def convert_to_pairs(indices_tuple, labels, ref_labels=None):
+def convert_to_pairs(indices_tuple, labels, ref_labels=None, query_ref_index=None):
     """Any tuple (or None: all pairs from labels) as (a1, p, a2, n)."""
     if indices_tuple is None:
-        return all_pairs(labels, ref_labels)
+        return all_pairs(labels, ref_labels, query_ref_index)
     if len(indices_tuple) == 4:
         return tuple(indices_tuple)
     a, p, n = indices_tuple
     return a, p, a, n
 
 
-def convert_to_triplets(indices_tuple, labels, ref_labels=None, triplets_per_anchor="all"):
+def convert_to_triplets(indices_tuple, labels, ref_labels=None, triplets_per_anchor="all", *, query_ref_index=None):
     """Any tuple (or None: triplets from labels) as (a, p, n); pairs join on a shared anchor."""
     if indices_tuple is None:
         if triplets_per_anchor == "all":
-            return all_triplets(labels, ref_labels)
-        return random_triplets(labels, ref_labels, triplets_per_anchor=triplets_per_anchor)
+            return all_triplets(labels, ref_labels, query_ref_index)
+        return random_triplets(labels, ref_labels, triplets_per_anchor=triplets_per_anchor,
+                               query_ref_index=query_ref_index)
     if len(indices_tuple) == 3:
         return tuple(indices_tuple)
     a1, p, a2, n = indices_tuple
@@ -98,32 +125,63 @@ def convert_to_triplets(indices_tuple, labels, ref_labels=None, triplets_per_anc
     return a1[pos_idx], p[pos_idx], n[neg_idx]
 
 
-def random_triplets(labels, ref_labels=None, triplets_per_anchor: int | None = None, weights_BR=None):
+def random_triplets(labels, ref_labels=None, triplets_per_anchor: int | None = None, weights_BR=None, *,
+                    query_ref_index=None):
     """Sample `triplets_per_anchor` (default: the number of positives) triplets per anchor, label by label.
 
-    Positives uniformly among the anchor's positives; negatives uniformly, or by the rows of
-    `weights_BR` when given. Draws from torch's global generator in the same order as PML, so a seeded
-    run picks the same triplets.
+    Positives uniformly among the anchor's positives (self pair excluded); negatives uniformly, or by
+    the rows of `weights_BR` when given. In PML's two cases (the batch against itself, i.e.
+    query_ref_index = arange(B) with equal labels, or no self rows at all: all -1) this draws from
+    torch's global generator in the same order as PML, so a seeded run picks the same triplets. Any
+    other query_ref_index (a block of a larger reference batch, queue positions) excludes each
+    anchor's own column: positives are drawn as floor(u * num_candidates) with u ~ U[0, 1) from
+    torch.rand and shifted past the anchor's own position among the label's reference rows.
     """
     device = labels.device
-    ref_is_query = ref_labels is None or ref_labels is labels
-    ref_labels = labels if ref_labels is None else ref_labels
+    ref_labels, query_ref_index = resolve_query_ref_index(labels, ref_labels, query_ref_index)
+    if bool((query_ref_index < 0).all()):
+        mode = "ref"
+    elif (len(labels) == len(ref_labels)
+          and torch.equal(query_ref_index, torch.arange(len(labels), device=query_ref_index.device))
+          and torch.equal(labels, ref_labels)):
+        mode = "self"
+    else:
+        mode = "general"
     parts_a, parts_p, parts_n = [], [], []
     for label in torch.unique(labels):
         pos_R = torch.where(ref_labels == label)[0]
-        anchors = pos_R if ref_is_query else torch.where(labels == label)[0]
+        anchors = pos_R if mode == "self" else torch.where(labels == label)[0]
         neg_R = torch.where(ref_labels != label)[0]
         num_anchors, num_pos = len(anchors), len(pos_R)
-        if num_pos < (2 if ref_is_query else 1) or len(neg_R) < 1:
+        if num_pos < (2 if mode == "self" else 1) or len(neg_R) < 1:
             continue
         k = num_pos if triplets_per_anchor is None else triplets_per_anchor
-        candidates = pos_R.expand(num_anchors, num_pos)
-        if ref_is_query:
-            candidates = candidates[~torch.eye(num_anchors, dtype=torch.bool)].view(num_anchors, num_anchors - 1)
-        pick = torch.randint(0, candidates.shape[1], (num_anchors * k,))
-        row = torch.arange(num_anchors).repeat_interleave(k)
-        p = candidates[row.to(device), pick.to(device)]
-        a = anchors[row.to(device)]
+        if mode == "general":
+            # position of each anchor's own row among pos_R (num_pos when it is not there)
+            own_A = query_ref_index[anchors]
+            own_pos_A = torch.searchsorted(pos_R, own_A)
+            has_own_A = (own_pos_A < num_pos) & (pos_R[own_pos_A.clamp(max=num_pos - 1)] == own_A)
+            own_pos_A = torch.where(has_own_A, own_pos_A, torch.full_like(own_pos_A, num_pos))
+            num_cand_A = num_pos - has_own_A.long()
+            keep_A = num_cand_A > 0
+            anchors, own_pos_A, num_cand_A = anchors[keep_A], own_pos_A[keep_A], num_cand_A[keep_A]
+            num_anchors = len(anchors)
+            if num_anchors == 0:
+                continue
+            row = torch.arange(num_anchors, device=device).repeat_interleave(k)
+            u = torch.rand(num_anchors * k).to(device)
+            pick = torch.minimum((u * num_cand_A[row]).long(), num_cand_A[row] - 1)
+            pick = pick + (pick >= own_pos_A[row]).long()
+            p = pos_R[pick]
+            a = anchors[row]
+        else:
+            candidates = pos_R.expand(num_anchors, num_pos)
+            if mode == "self":
+                candidates = candidates[~torch.eye(num_anchors, dtype=torch.bool)].view(num_anchors, num_anchors - 1)
+            pick = torch.randint(0, candidates.shape[1], (num_anchors * k,))
+            row = torch.arange(num_anchors).repeat_interleave(k)
+            p = candidates[row.to(device), pick.to(device)]
+            a = anchors[row.to(device)]
         if weights_BR is not None:
             w = weights_BR[:, neg_R][a]
             nonzero = torch.where(w.sum(dim=1) > 0)[0]
@@ -134,7 +192,7 @@ def random_triplets(labels, ref_labels=None, triplets_per_anchor: int | None = N
                 w = w.float()
             n_pick = torch.multinomial(w, 1, replacement=True).flatten()
         else:
-            n_pick = torch.randint(0, len(neg_R), (num_anchors * k,))
+            n_pick = torch.randint(0, len(neg_R), (len(a),))
         parts_a.append(a)
         parts_p.append(p)
         parts_n.append(neg_R[n_pick.to(device)])

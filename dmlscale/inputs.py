@@ -31,23 +31,63 @@ def check_labels(name: str, labels: torch.Tensor | None, num_rows: int) -> None:
         raise ValueError(f"{name} has {labels.shape[0]} entries but there are {num_rows} embeddings")
 
 
-def resolve_inputs(embeddings, labels, ref_emb, ref_labels):
-    """Validate shapes and default the reference batch to the query batch (same objects, so
-    `ref_labels is labels` tells the self-comparison case)."""
+def default_query_ref_index(num_query: int, has_ref: bool, device) -> torch.Tensor:
+    """The implicit self index: arange(B) when the batch is compared with itself, all -1 with a separate ref_emb."""
+    if has_ref:
+        return torch.full((num_query,), -1, dtype=torch.long, device=device)
+    return torch.arange(num_query, dtype=torch.long, device=device)
+
+
+def check_query_ref_index(query_ref_index, num_query: int, num_ref: int) -> None:
+    """Raise a ValueError naming the bad values unless it is a 1-D integer tensor of length B in [-1, R)."""
+    if not torch.is_tensor(query_ref_index):
+        raise ValueError(f"query_ref_index must be a torch.Tensor, got {type(query_ref_index).__name__}")
+    if query_ref_index.ndim != 1:
+        raise ValueError(f"query_ref_index must be 1-D of shape (batch_size,), got {tuple(query_ref_index.shape)}")
+    if query_ref_index.is_floating_point() or query_ref_index.is_complex() or query_ref_index.dtype == torch.bool:
+        raise ValueError(f"query_ref_index must be an integer tensor, got dtype {query_ref_index.dtype}")
+    if query_ref_index.shape[0] != num_query:
+        raise ValueError(
+            f"query_ref_index has {query_ref_index.shape[0]} entries but there are {num_query} embeddings"
+        )
+    bad = (query_ref_index < -1) | (query_ref_index >= num_ref)
+    if bool(bad.any()):
+        rows = torch.where(bad)[0]
+        shown = ", ".join(f"[{int(i)}]={int(query_ref_index[i])}" for i in rows[:5])
+        more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+        raise ValueError(
+            f"query_ref_index has values outside [-1, {num_ref}) for {num_ref} reference rows: {shown}{more}"
+        )
+
+
+def resolve_inputs(embeddings, labels, ref_emb, ref_labels, query_ref_index=None):
+    """Validate shapes, default the reference batch to the query batch and resolve the self index.
+
+    Returns (embeddings, labels, ref_emb, ref_labels, query_ref_index). `query_ref_index[i]` is the
+    reference row that holds query row i itself (-1: none); self pairs (i, query_ref_index[i]) are
+    never positives. Default: arange(B) without ref_emb, all -1 with it (PML's semantics).
+    """
     check_embeddings("embeddings", embeddings)
     check_labels("labels", labels, len(embeddings))
     if labels is not None:
         labels = labels.to(embeddings.device)
-    if ref_emb is None:
+    has_ref = ref_emb is not None
+    if not has_ref:
         if ref_labels is not None:
             raise ValueError("ref_labels was given without ref_emb")
-        return embeddings, labels, embeddings, labels
-    check_embeddings("ref_emb", ref_emb)
-    if ref_emb.shape[1] != embeddings.shape[1]:
-        raise ValueError(f"embeddings have size {embeddings.shape[1]} but ref_emb has size {ref_emb.shape[1]}")
-    check_labels("ref_labels", ref_labels, len(ref_emb))
-    if labels is not None and ref_labels is None:
-        raise ValueError("labels were given with ref_emb but ref_labels is None; pass ref_labels too")
-    if ref_labels is not None:
-        ref_labels = ref_labels.to(ref_emb.device)
-    return embeddings, labels, ref_emb, ref_labels
+        ref_emb, ref_labels = embeddings, labels
+    else:
+        check_embeddings("ref_emb", ref_emb)
+        if ref_emb.shape[1] != embeddings.shape[1]:
+            raise ValueError(f"embeddings have size {embeddings.shape[1]} but ref_emb has size {ref_emb.shape[1]}")
+        check_labels("ref_labels", ref_labels, len(ref_emb))
+        if labels is not None and ref_labels is None:
+            raise ValueError("labels were given with ref_emb but ref_labels is None; pass ref_labels too")
+        if ref_labels is not None:
+            ref_labels = ref_labels.to(ref_emb.device)
+    if query_ref_index is None:
+        query_ref_index = default_query_ref_index(len(embeddings), has_ref, embeddings.device)
+    else:
+        check_query_ref_index(query_ref_index, len(embeddings), len(ref_emb))
+        query_ref_index = query_ref_index.to(device=embeddings.device, dtype=torch.long)
+    return embeddings, labels, ref_emb, ref_labels, query_ref_index

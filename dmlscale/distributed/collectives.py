@@ -15,7 +15,8 @@ _DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.in
 _MAX_DIMS = 6
 
 
-def _world(group) -> tuple[int, int]:
+def world_rank_and_size(group=None) -> tuple[int, int]:
+    """(rank, world size) in the group; (0, 1) when no process group is running."""
     if not (dist.is_available() and dist.is_initialized()):
         return 0, 1
     return dist.get_rank(group), dist.get_world_size(group)
@@ -32,7 +33,7 @@ def gather_sizes(x: torch.Tensor, group=None, *, name: str = "tensor") -> list[i
     """Every rank's number of rows of `x`, after checking that all ranks agree on the trailing shape
     and dtype. A disagreement raises the same ValueError on every rank (naming ranks and shapes),
     before any data collective could hang or crash."""
-    rank, world_size = _world(group)
+    rank, world_size = world_rank_and_size(group)
     if x.ndim < 1 or x.ndim > _MAX_DIMS:
         raise ValueError(f"{name} must have 1 to {_MAX_DIMS} dimensions, got shape {tuple(x.shape)}")
     if x.dtype not in _DTYPES:
@@ -87,7 +88,7 @@ def all_gather_with_grad(x_nD: torch.Tensor, group=None) -> torch.Tensor:
     computes a loss L_r from the gathered tensor, rank i's input receives sum_r dL_r/dx_i, exactly as
     one process computing sum_r L_r on the concatenated batch.
     """
-    rank, world_size = _world(group)
+    rank, world_size = world_rank_and_size(group)
     sizes = gather_sizes(x_nD, group, name="embeddings")
     if world_size == 1:
         return x_nD
@@ -96,7 +97,7 @@ def all_gather_with_grad(x_nD: torch.Tensor, group=None) -> torch.Tensor:
 
 def all_gather_no_grad(x_n: torch.Tensor, group=None, *, name: str = "tensor") -> torch.Tensor:
     """All ranks' rows of x (labels, indices, ...), concatenated in rank order; no gradient flows."""
-    _, world_size = _world(group)
+    _, world_size = world_rank_and_size(group)
     sizes = gather_sizes(x_n, group, name=name)
     if world_size == 1:
         return x_n
@@ -111,3 +112,12 @@ def global_offsets(sizes: list[int]) -> list[int]:
         offsets.append(total)
         total += n
     return offsets
+
+
+def all_reduce_sum_no_grad(x: torch.Tensor, group=None) -> torch.Tensor:
+    """Elementwise sum over ranks of a copy of x (statistics, counts); no gradient flows."""
+    _, world_size = world_rank_and_size(group)
+    out = x.detach().clone()
+    if world_size > 1:
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+    return out

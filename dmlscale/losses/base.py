@@ -1,10 +1,12 @@
 """Template for every metric loss: check inputs -> resolve ref_emb -> compute_loss -> reduce.
 
 Signature and semantics follow pytorch-metric-learning:
-`loss(embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None)`.
-Without `ref_emb` the batch is compared with itself (self pairs excluded); with it, queries are
-compared with the reference batch only. Subclasses implement `compute_loss` and return a loss dict
-(see `reducers.py`).
+`loss(embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None)`, plus the
+keyword-only `query_ref_index`: entry i is the reference row holding query row i itself (-1: none),
+and self pairs (i, query_ref_index[i]) are never positives. Default: arange(B) without `ref_emb`
+(the batch compared with itself), all -1 with it (PML). A distributed wrapper passes
+`offset + arange(B)` against the gathered batch. Subclasses implement `compute_loss` and return a
+loss dict (see `reducers.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from dmlscale.losses.reducers import BaseReducer, DoNothingReducer, MeanReducer,
 
 class BaseMetricLossFunction(ModuleWithDistance):
     """Base class of every dmlscale metric loss."""
+
+    # False for losses whose terms involve no other sample (CenterLoss): nothing to gather or enqueue
+    compares_to_reference = True
 
     def __init__(
         self,
@@ -56,14 +61,33 @@ class BaseMetricLossFunction(ModuleWithDistance):
         indices_tuple: tuple | None = None,
         ref_emb: torch.Tensor | None = None,
         ref_labels: torch.Tensor | None = None,
+        *,
+        query_ref_index: torch.Tensor | None = None,
     ):
-        self.reset_stats()
-        embeddings, labels, ref_emb, ref_labels = resolve_inputs(embeddings, labels, ref_emb, ref_labels)
-        check_indices_tuple(indices_tuple, len(embeddings), len(ref_emb))
-        loss_dict = self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        loss_dict = self.loss_dict(embeddings, labels, indices_tuple, ref_emb, ref_labels,
+                                   query_ref_index=query_ref_index)
         return self.reducer(loss_dict, embeddings, labels)
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
+    def loss_dict(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        indices_tuple: tuple | None = None,
+        ref_emb: torch.Tensor | None = None,
+        ref_labels: torch.Tensor | None = None,
+        *,
+        query_ref_index: torch.Tensor | None = None,
+    ) -> dict:
+        """The unreduced loss dictionary (validated inputs -> compute_loss); `forward` reduces it.
+        Distributed wrappers call this and reduce across ranks instead."""
+        self.reset_stats()
+        embeddings, labels, ref_emb, ref_labels, query_ref_index = resolve_inputs(
+            embeddings, labels, ref_emb, ref_labels, query_ref_index
+        )
+        check_indices_tuple(indices_tuple, len(embeddings), len(ref_emb))
+        return self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index)
+
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
         raise NotImplementedError
 
     # -- helpers for subclasses ------------------------------------------------------------------

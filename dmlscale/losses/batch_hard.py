@@ -27,12 +27,9 @@ class BatchHardTripletLoss(TripletMarginLoss):
         super().__init__(margin=margin, swap=swap, smooth_loss=smooth_loss, **kwargs)
         self.miner = BatchHardMiner(distance=self.distance)
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
         if indices_tuple is not None:
             raise ValueError("BatchHardTripletLoss mines its own triplets; pass indices_tuple=None")
         self.require_labels(labels, allow_indices=False)
-        if ref_emb is embeddings:
-            mined = self.miner(embeddings, labels)
-        else:
-            mined = self.miner(embeddings, labels, ref_emb, ref_labels)
-        return super().compute_loss(embeddings, labels, mined, ref_emb, ref_labels)
+        mined = self.miner(embeddings, labels, ref_emb, ref_labels, query_ref_index=query_ref_index)
+        return super().compute_loss(embeddings, labels, mined, ref_emb, ref_labels, query_ref_index)

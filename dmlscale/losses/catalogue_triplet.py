@@ -64,9 +64,10 @@ class SoftMarginTripletLoss(TripletMarginLoss):
     def get_default_reducer(self) -> BaseReducer:
         return MeanReducer()
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
         self.require_labels(labels, indices_tuple)
-        a_T, p_T, n_T = convert_to_triplets(indices_tuple, labels, ref_labels, self.triplets_per_anchor)
+        a_T, p_T, n_T = convert_to_triplets(indices_tuple, labels, ref_labels, self.triplets_per_anchor,
+                                            query_ref_index=query_ref_index)
         if len(a_T) == 0:
             return self.zero_losses()
         mat_BR = self.distance(embeddings, ref_emb)

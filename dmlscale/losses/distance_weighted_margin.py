@@ -49,14 +49,11 @@ class DistanceWeightedMarginLoss(BaseMetricLossFunction):
     def get_default_reducer(self):
         return AvgNonZeroReducer()
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
         if indices_tuple is not None:
             raise ValueError("DistanceWeightedMarginLoss samples its own triplets; pass indices_tuple=None")
         self.require_labels(labels, allow_indices=False)
-        if ref_emb is embeddings:
-            a_T, p_T, n_T = self.miner(embeddings, labels)
-        else:
-            a_T, p_T, n_T = self.miner(embeddings, labels, ref_emb, ref_labels)
+        a_T, p_T, n_T = self.miner(embeddings, labels, ref_emb, ref_labels, query_ref_index=query_ref_index)
         if len(a_T) == 0:
             return self.zero_losses()
         beta = self.beta.to(device=embeddings.device, dtype=embeddings.dtype)

@@ -64,9 +64,9 @@ class GaussianWeightedNegativeLoss(ContrastiveLoss):
         self.seed = seed
         self.generator = generator
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
         self.require_labels(labels, indices_tuple)
-        a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)
+        a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels, query_ref_index)
         if len(a1) == 0 and len(a2) == 0:
             return self.zero_losses()
         mat_BR = self.distance(embeddings, ref_emb)

@@ -42,12 +42,12 @@ class NTXentLoss(GenericPairLoss):
     def get_default_distance(self):
         return CosineSimilarity()
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
         self.require_labels(labels, indices_tuple)
         if indices_tuple is None:
             # every pair from labels: positives as a short index list, negatives as the boolean mask
             # itself (never the B*R-long list of negative pairs)
-            same_BR, neg_BR = matches_and_diffs(labels, ref_labels)
+            same_BR, neg_BR = matches_and_diffs(labels, ref_labels, query_ref_index)
             a1_P, p_P = torch.where(same_BR)
             del same_BR
             num_neg = int(neg_BR.sum())
@@ -55,7 +55,7 @@ class NTXentLoss(GenericPairLoss):
                 return self.zero_losses()
             neg_count_BR = None
         else:
-            a1_P, p_P, a2_N, n_N = convert_to_pairs(indices_tuple, labels, ref_labels)
+            a1_P, p_P, a2_N, n_N = convert_to_pairs(indices_tuple, labels, ref_labels, query_ref_index)
             if all(len(x) <= 1 for x in (a1_P, p_P, a2_N, n_N)) or len(a1_P) == 0 or len(a2_N) == 0:
                 return self.zero_losses()
             neg_count_BR = torch.zeros(len(embeddings), len(ref_emb), dtype=embeddings.dtype, device=embeddings.device)
@@ -113,12 +113,12 @@ class SupConLoss(GenericPairLoss):
     def get_default_reducer(self):
         return AvgNonZeroReducer()
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
         if indices_tuple is not None:
-            return super().compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+            return super().compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index)
         # from labels, the masks come straight from label equality (no list of all B*R pairs)
         self.require_labels(labels, indices_tuple)
-        same_BR, diff_BR = matches_and_diffs(labels, ref_labels)
+        same_BR, diff_BR = matches_and_diffs(labels, ref_labels, query_ref_index)
         if int(same_BR.sum()) <= 1 and int(diff_BR.sum()) <= 1:
             return self.zero_losses()
         mat_BR = self.distance(embeddings, ref_emb)

@@ -19,9 +19,9 @@ class GenericPairLoss(BaseMetricLossFunction):
 
     uses_masks = False
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
         self.require_labels(labels, indices_tuple)
-        pairs = convert_to_pairs(indices_tuple, labels, ref_labels)
+        pairs = convert_to_pairs(indices_tuple, labels, ref_labels, query_ref_index)
         if all(len(x) <= 1 for x in pairs):
             return self.zero_losses()
         mat_BR = self.distance(embeddings, ref_emb)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from dmlscale.distances import BaseDistance, LpDistance
-from dmlscale.indices import anchor_weights
+from dmlscale.indices import anchor_weights, self_mask
 from dmlscale.losses.base import BaseMetricLossFunction
 from dmlscale.param_checks import check_positive, check_positive_int
 
@@ -18,7 +18,9 @@ from dmlscale.param_checks import check_positive, check_positive_int
 class NCALoss(BaseMetricLossFunction):
     """Neighbourhood Components Analysis (Goldberger et al. 2004): with l = softmax_scale * (-d or s),
 
-        L_a = -log sum_{r: y_r = y_a, r != a} softmax_r(l_a.)   (the chance a picks a same-class neighbour)
+        L_a = -log sum_{r: y_r = y_a, r != self(a)} softmax_r(l_a.)   (the chance a picks a same-class neighbour)
+
+    where self(a) = query_ref_index[a], a's own reference row, is left out of the softmax,
 
     times a miner weight per anchor (how often it appears in indices_tuple, relative to the most
     frequent); anchors with no same-class reference are dropped. Default distance squared Euclidean.
@@ -33,18 +35,18 @@ class NCALoss(BaseMetricLossFunction):
     def get_default_distance(self):
         return LpDistance(power=2)
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
         if len(embeddings) <= 1:
             return self.zero_losses()
         self.require_labels(labels, allow_indices=False)
         dtype, device = embeddings.dtype, embeddings.device
-        ref_is_query = ref_emb is embeddings
-        weights_B = anchor_weights(indices_tuple, len(embeddings), dtype, device, using_ref=not ref_is_query)
+        # using_ref: ref_emb was given (PML: then only anchors count); resolve_inputs hands the query
+        # tensor itself back as ref_emb otherwise
+        weights_B = anchor_weights(indices_tuple, len(embeddings), dtype, device, using_ref=ref_emb is not embeddings)
         mat_BR = self.distance(embeddings, ref_emb)
         closeness_BR = mat_BR if self.distance.is_inverted else -mat_BR
-        if ref_is_query:
-            self_BR = torch.eye(len(embeddings), dtype=torch.bool, device=device)
-            closeness_BR = closeness_BR.masked_fill(self_BR, torch.finfo(dtype).min)
+        # each row's own sample leaves the softmax
+        closeness_BR = closeness_BR.masked_fill(self_mask(query_ref_index, len(ref_emb)), torch.finfo(dtype).min)
         same_BR = (labels[:, None] == ref_labels[None, :]).to(dtype)
         prob_same_B = (F.softmax(self.softmax_scale * closeness_BR, dim=1) * same_BR).sum(dim=1)
         kept_B = prob_same_B != 0
@@ -66,6 +68,8 @@ class CenterLoss(BaseMetricLossFunction):
     not by Wen et al.'s separate centre update rule.
     """
 
+    compares_to_reference = False
+
     def __init__(self, num_classes: int, embedding_size: int, **kwargs) -> None:
         check_positive_int(type(self).__name__, "num_classes", num_classes)
         check_positive_int(type(self).__name__, "embedding_size", embedding_size)
@@ -81,7 +85,7 @@ class CenterLoss(BaseMetricLossFunction):
     def get_default_distance(self):
         return LpDistance(normalize_embeddings=False, power=2)
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels) -> dict:
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
         if ref_emb is not embeddings:
             raise ValueError("CenterLoss compares embeddings with its class centres; ref_emb is not supported")
         self.require_labels(labels, allow_indices=False)

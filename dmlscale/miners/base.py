@@ -1,8 +1,10 @@
 """Template for every miner: validate inputs -> resolve ref_emb -> mine (no autograd) -> check the tuple.
 
 Signature and outputs follow pytorch-metric-learning: `miner(embeddings, labels, ref_emb=None,
-ref_labels=None)` returns a triplet tuple (a, p, n) or a pair tuple (a1, p, a2, n) of long tensors;
-anchors index `embeddings`, positives/negatives index `ref_emb` (the batch itself when omitted).
+ref_labels=None, *, query_ref_index=None)` returns a triplet tuple (a, p, n) or a pair tuple
+(a1, p, a2, n) of long tensors; anchors index `embeddings`, positives/negatives index `ref_emb` (the batch itself when omitted).
+`query_ref_index[i]` is the reference row holding query row i itself (-1: none; default arange(B)
+without ref_emb, all -1 with it); self pairs are never positives.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ _COUNT_STATS = ["num_pos_pairs", "num_neg_pairs", "num_triplets"]
 
 
 class BaseMiner(ModuleWithDistance):
-    """Base class: subclasses implement `mine(embeddings, labels, ref_emb, ref_labels)`.
+    """Base class: subclasses implement `mine(embeddings, labels, ref_emb, ref_labels, query_ref_index)`.
 
     As in PML, `num_pos_pairs`, `num_neg_pairs` and `num_triplets` are filled on every call (they
     are plain lengths, free to compute); other statistics need `collect_stats=True`.
@@ -27,17 +29,20 @@ class BaseMiner(ModuleWithDistance):
         self.add_to_recordable_attributes(list_of_names=_COUNT_STATS, is_stat=True)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor | None = None,
-                ref_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+                ref_labels: torch.Tensor | None = None, *,
+                query_ref_index: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         self.reset_stats()
         if labels is None:
             raise ValueError(f"{type(self).__name__} needs labels; got labels=None")
         with torch.no_grad():
-            embeddings, labels, ref_emb, ref_labels = resolve_inputs(embeddings, labels, ref_emb, ref_labels)
-            mined = self.mine(embeddings, labels, ref_emb, ref_labels)
+            embeddings, labels, ref_emb, ref_labels, query_ref_index = resolve_inputs(
+                embeddings, labels, ref_emb, ref_labels, query_ref_index
+            )
+            mined = self.mine(embeddings, labels, ref_emb, ref_labels, query_ref_index)
         self.record_counts(mined)
         return mined
 
-    def mine(self, embeddings, labels, ref_emb, ref_labels) -> tuple[torch.Tensor, ...]:
+    def mine(self, embeddings, labels, ref_emb, ref_labels, query_ref_index) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
     def record_counts(self, mined) -> None:

@@ -57,9 +57,9 @@ class BatchEasyHardMiner(BaseMiner):
         self.allowed_neg_range = allowed_neg_range
         self.add_to_recordable_attributes(list_of_names=_EXTREME_STATS, is_stat=True)
 
-    def mine(self, embeddings, labels, ref_emb, ref_labels):
+    def mine(self, embeddings, labels, ref_emb, ref_labels, query_ref_index):
         mat_BR = self.distance(embeddings, ref_emb)
-        same_BR, diff_BR = matches_and_diffs(labels, ref_labels)
+        same_BR, diff_BR = matches_and_diffs(labels, ref_labels, query_ref_index)
         pos, neg = self.pos_strategy, self.neg_strategy
         # (values_B, index_B, keep_B) per side; semihard waits for the other side's pick.
         if pos == SEMIHARD:

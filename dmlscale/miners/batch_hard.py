@@ -17,6 +17,6 @@ class BatchHardMiner(BatchEasyHardMiner):
             raise ValueError(f"BatchHardMiner fixes both strategies to 'hard'; do not pass {fixed}")
         super().__init__(pos_strategy=HARD, neg_strategy=HARD, **kwargs)
 
-    def mine(self, embeddings, labels, ref_emb, ref_labels):
-        a, p, _, n = super().mine(embeddings, labels, ref_emb, ref_labels)
+    def mine(self, embeddings, labels, ref_emb, ref_labels, query_ref_index):
+        a, p, _, n = super().mine(embeddings, labels, ref_emb, ref_labels, query_ref_index)
         return a, p, n

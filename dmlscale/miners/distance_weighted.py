@@ -39,9 +39,9 @@ class DistanceWeightedMiner(BaseMiner):
         self.cutoff = float(cutoff)
         self.nonzero_loss_cutoff = float(nonzero_loss_cutoff)
 
-    def mine(self, embeddings, labels, ref_emb, ref_labels):
-        return random_triplets(labels, ref_labels, weights_BR=self.negative_weights(embeddings, labels, ref_emb,
-                                                                                  ref_labels))
+    def mine(self, embeddings, labels, ref_emb, ref_labels, query_ref_index):
+        weights_BR = self.negative_weights(embeddings, labels, ref_emb, ref_labels)
+        return random_triplets(labels, ref_labels, weights_BR=weights_BR, query_ref_index=query_ref_index)
 
     def negative_weights(self, embeddings, labels, ref_emb, ref_labels) -> torch.Tensor:
         """Row-normalised sampling weights w_BR (rows without an admissible negative are NaN: never sampled)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from dmlscale.distances import BaseDistance, CosineSimilarity
-from dmlscale.indices import matches_and_diffs
+from dmlscale.indices import matches_and_diffs, self_pairs
 from dmlscale.miners.base import BaseMiner, empty_indices
 from dmlscale.param_checks import check_real
 
@@ -28,17 +28,17 @@ class MultiSimilarityMiner(BaseMiner):
     def get_default_distance(self) -> BaseDistance:
         return CosineSimilarity()
 
-    def mine(self, embeddings, labels, ref_emb, ref_labels):
+    def mine(self, embeddings, labels, ref_emb, ref_labels, query_ref_index):
         mat_BR = self.distance(embeddings, ref_emb)
-        same_BR, diff_BR = matches_and_diffs(labels, ref_labels)
+        same_BR, diff_BR = matches_and_diffs(labels, ref_labels, query_ref_index)
         if not same_BR.any() or not diff_BR.any():
             return empty_indices(labels.device, 4)
-        # Candidates as PML defines them: anything not of the other kind (and not the diagonal when
-        # the batch is compared with itself).
+        # Candidates as PML defines them: anything not of the other kind, and never a self pair
+        # (i, query_ref_index[i]) (PML: the diagonal when the batch is compared with itself).
         pos_ok_BR, neg_ok_BR = ~diff_BR, ~same_BR
-        if embeddings is ref_emb:
-            pos_ok_BR.fill_diagonal_(False)
-            neg_ok_BR.fill_diagonal_(False)
+        self_rows, self_cols = self_pairs(query_ref_index)
+        pos_ok_BR[self_rows, self_cols] = False
+        neg_ok_BR[self_rows, self_cols] = False
         inf = float("inf")
         # ignored positives sort to the "easy" end, ignored negatives too
         pos_fill, neg_fill = (inf, -inf) if self.distance.is_inverted else (-inf, inf)

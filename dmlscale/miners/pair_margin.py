@@ -24,9 +24,9 @@ class PairMarginMiner(BaseMiner):
         self.neg_margin = neg_margin
         self.add_to_recordable_attributes(list_of_names=["pos_pair_dist", "neg_pair_dist"], is_stat=True)
 
-    def mine(self, embeddings, labels, ref_emb, ref_labels):
+    def mine(self, embeddings, labels, ref_emb, ref_labels, query_ref_index):
         mat_BR = self.distance(embeddings, ref_emb)
-        a1_P, p_P, a2_N, n_N = all_pairs(labels, ref_labels)
+        a1_P, p_P, a2_N, n_N = all_pairs(labels, ref_labels, query_ref_index)
         pos_P = mat_BR[a1_P, p_P]
         neg_N = mat_BR[a2_N, n_N]
         if self.collect_stats:

@@ -32,8 +32,8 @@ class TripletMarginMiner(BaseMiner):
             list_of_names=["avg_triplet_margin", "pos_pair_dist", "neg_pair_dist"], is_stat=True
         )
 
-    def mine(self, embeddings, labels, ref_emb, ref_labels):
-        a_T, p_T, n_T = all_triplets(labels, ref_labels)
+    def mine(self, embeddings, labels, ref_emb, ref_labels, query_ref_index):
+        a_T, p_T, n_T = all_triplets(labels, ref_labels, query_ref_index)
         mat_BR = self.distance(embeddings, ref_emb)
         ap_T = mat_BR[a_T, p_T]
         an_T = mat_BR[a_T, n_T]

@@ -30,7 +30,10 @@ def _worker(rank, world_size, port, out_dir, fn, args):
                      master_addr="127.0.0.1", master_port=port)
     outcome = {}
     try:
-        init_process_group(info, backend="gloo", timeout_s=60)
+        if world_size == 1:  # dmlscale starts no group for one process; DDP in the tests still wants one
+            dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+        else:
+            init_process_group(info, backend="gloo", timeout_s=60)
         outcome["result"] = fn(rank, world_size, *args)
     except Exception as error:  # reported to the parent test, which asserts on it
         outcome["error"] = f"{type(error).__name__}: {error}"

@@ -1,0 +1,77 @@
+"""Distributed CLIP and SigLIP losses: local rows against gathered features, never an N x N matrix.
+
+Legend: n local pairs, N global pairs, W world size, offset this rank's first global row.
+CLIP: rank r computes image rows (n x N logits) and text rows (n x N) with targets offset + i;
+L = (sum over all ranks of both row-loss sums) / (2N). SigLIP: rank r computes its n image rows
+against all N texts; L = (sum over ranks) / N. Values are the single-process loss on the concatenated
+batch; gradients follow `DistributedLoss`'s convention (W x this rank's share, exact after the
+data-parallel average), for features, logit_scale and logit_bias alike.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dmlscale.distributed.collectives import (
+    all_gather_with_grad,
+    all_reduce_sum_no_grad,
+    gather_sizes,
+    global_offsets,
+    world_rank_and_size,
+)
+from dmlscale.losses.clip import check_pair_features, check_scale, clip_row_losses
+from dmlscale.losses.siglip import siglip_row_loss_sum
+
+
+def _global_value(local_sum: torch.Tensor, denominator: int, world_size: int, group) -> torch.Tensor:
+    total = all_reduce_sum_no_grad(local_sum.detach().to(torch.float64).reshape(1), group)[0]
+    value = (total / denominator).to(local_sum.dtype)
+    surrogate = world_size * local_sum / denominator
+    return surrogate + (value - surrogate).detach()
+
+
+def _gather_pair(image_features, text_features, group, *, gather_images: bool):
+    rank, world_size = world_rank_and_size(group)
+    check_pair_features(image_features, text_features)
+    sizes = gather_sizes(image_features, group, name="image_features")
+    offset = global_offsets(sizes)[rank]
+    all_image = all_gather_with_grad(image_features, group) if gather_images else None
+    all_text = all_gather_with_grad(text_features, group)
+    rows_n = torch.arange(image_features.shape[0], device=image_features.device) + offset
+    return all_image, all_text, rows_n, sum(sizes), world_size
+
+
+class DistributedClipLoss(torch.nn.Module):
+    """ClipLoss over the global batch; call it on each rank with that rank's matched pairs."""
+
+    def __init__(self, group=None) -> None:
+        super().__init__()
+        self.group = group
+
+    def forward(self, image_features, text_features, logit_scale, logit_bias=None, output_dict: bool = False):
+        check_scale("logit_scale", logit_scale)
+        if logit_bias is not None:
+            check_scale("logit_bias", logit_bias)
+        all_image, all_text, rows_n, total, world_size = _gather_pair(image_features, text_features, self.group,
+                                                                        gather_images=True)
+        local_sum = (clip_row_losses(image_features, all_text, rows_n, logit_scale, logit_bias).sum()
+                     + clip_row_losses(text_features, all_image, rows_n, logit_scale, logit_bias).sum())
+        loss = _global_value(local_sum, 2 * total, world_size, self.group)
+        return {"contrastive_loss": loss} if output_dict else loss
+
+
+class DistributedSigLipLoss(torch.nn.Module):
+    """SigLipLoss over the global batch: every image against every text of every rank."""
+
+    def __init__(self, group=None) -> None:
+        super().__init__()
+        self.group = group
+
+    def forward(self, image_features, text_features, logit_scale, logit_bias, output_dict: bool = False):
+        check_scale("logit_scale", logit_scale)
+        check_scale("logit_bias", logit_bias)
+        _, all_text, rows_n, total, world_size = _gather_pair(image_features, text_features, self.group,
+                                                             gather_images=False)
+        local_sum = siglip_row_loss_sum(image_features, all_text, rows_n, logit_scale, logit_bias)
+        loss = _global_value(local_sum, total, world_size, self.group)
+        return {"contrastive_loss": loss} if output_dict else loss

@@ -1,0 +1,164 @@
+"""DistributedLoss / DistributedMiner: every rank's loss sees the global batch, exactly.
+
+Legend: n local rows, N global rows, W world size, S_r rank r's sum of loss elements, C the global
+number of elements that the reducer averages over.
+
+Each rank gathers all embeddings (gradient-exact, `all_gather_with_grad`) and labels, then computes
+only the rows of its *local* queries against the *global* references; query row i is global row
+offset_r + i, which the pure loss receives as `query_ref_index` so self pairs are dropped exactly as in
+one process. Mining runs on the same local-rows x global-columns matrix. The reducer is applied
+globally: element sums and counts travel in one all_reduce, so Mean, Sum, AvgNonZero and Threshold
+reducers give the single-process value.
+
+What the returned tensor means: its *value* is the global loss, the same on every rank and equal to
+one process running the loss on the concatenated batch (not multiplied by W). Its *gradient* is W
+times this rank's share (W * S_r / C); the all_gather backward sums shares across ranks and the
+data-parallel average (DDP, DeepSpeed) divides by W, so parameter gradients equal the single-process
+gradient. Without a data-parallel wrapper, divide the gradients by W yourself.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dmlscale.distributed.collectives import (
+    all_gather_no_grad,
+    all_gather_with_grad,
+    all_reduce_sum_no_grad,
+    gather_sizes,
+    global_offsets,
+    world_rank_and_size,
+)
+from dmlscale.losses.base import BaseMetricLossFunction
+from dmlscale.losses.reducers import (
+    BaseReducer,
+    DoNothingReducer,
+    MeanReducer,
+    MultipleReducers,
+    SumReducer,
+    ThresholdReducer,
+)
+
+
+def _element_sum_and_count(reducer: BaseReducer, loss_info: dict, embeddings: torch.Tensor):
+    """This rank's (sum of kept elements, number of kept elements or None for a plain sum)."""
+    losses, reduction_type = loss_info["losses"], loss_info["reduction_type"]
+    if not torch.is_tensor(losses) and losses == 0:
+        zero = torch.sum(embeddings * 0)
+        return zero, (None if isinstance(reducer, SumReducer) else 0)
+    if reduction_type == "already_reduced":
+        raise ValueError("a loss that returns an already reduced value cannot be reduced across ranks exactly")
+    losses = losses.reshape(-1)
+    if isinstance(reducer, SumReducer):
+        return losses.sum(), None
+    if isinstance(reducer, ThresholdReducer):
+        keep = torch.ones_like(losses, dtype=torch.bool)
+        if reducer.low is not None:
+            keep &= losses > reducer.low
+        if reducer.high is not None:
+            keep &= losses < reducer.high
+        return losses[keep].sum() + torch.sum(embeddings * 0), int(keep.sum())
+    if type(reducer) is MeanReducer:
+        return losses.sum(), losses.numel()
+    raise ValueError(
+        f"{type(reducer).__name__} cannot be reduced across ranks; use MeanReducer, SumReducer, "
+        "AvgNonZeroReducer, ThresholdReducer, MultipleReducers of those, or DoNothingReducer"
+    )
+
+
+def global_reduce(reducer: BaseReducer, loss_dict: dict, embeddings: torch.Tensor, world_size: int, group=None):
+    """Reduce a local loss dict to the global loss (see module docstring for value and gradient)."""
+    if isinstance(reducer, DoNothingReducer):
+        return loss_dict
+    if isinstance(reducer, MultipleReducers):
+        parts = [(reducer.reducers[k] if k in reducer.reducers else reducer.default_reducer, info)
+                 for k, info in loss_dict.items()]
+    else:
+        if len(loss_dict) != 1:
+            raise ValueError(f"{type(reducer).__name__} reduces one sub-loss, got {sorted(loss_dict)}")
+        parts = [(reducer, next(iter(loss_dict.values())))]
+    sums, counts = zip(*(_element_sum_and_count(r, info, embeddings) for r, info in parts))
+    totals = torch.tensor([float(s.detach()) for s in sums] + [float(c or 0) for c in counts], dtype=torch.float64,
+                          device=embeddings.device)
+    totals = all_reduce_sum_no_grad(totals, group)
+    global_sums, global_counts = totals[: len(parts)], totals[len(parts):]
+    value, share = 0.0, torch.sum(embeddings * 0)
+    for local_sum, count, global_sum, global_count in zip(sums, counts, global_sums, global_counts):
+        if count is None:  # plain sum
+            value, share = value + global_sum, share + local_sum
+        elif global_count > 0:
+            value, share = value + global_sum / global_count, share + local_sum / global_count
+    value = torch.as_tensor(value, dtype=embeddings.dtype, device=embeddings.device)
+    surrogate = world_size * share
+    return surrogate + (value - surrogate).detach()
+
+
+class DistributedMiner(torch.nn.Module):
+    """Mine the local anchors against the global batch; returns indices into (local queries, global refs)."""
+
+    def __init__(self, miner: torch.nn.Module, group=None) -> None:
+        super().__init__()
+        self.miner = miner
+        self.group = group
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor):
+        all_emb, all_labels, query_ref_index = gather_batch(embeddings.detach(), labels, self.group)
+        return self.miner(embeddings, labels, all_emb, all_labels, query_ref_index=query_ref_index)
+
+
+def gather_batch(embeddings: torch.Tensor, labels: torch.Tensor | None, group=None):
+    """(global embeddings with gradient, global labels, global row of each local row)."""
+    rank, _ = world_rank_and_size(group)
+    sizes = gather_sizes(embeddings, group, name="embeddings")
+    all_emb = all_gather_with_grad(embeddings, group)
+    all_labels = None if labels is None else all_gather_no_grad(labels.to(embeddings.device), group, name="labels")
+    offset = global_offsets(sizes)[rank]
+    query_ref_index = torch.arange(embeddings.shape[0], device=embeddings.device) + offset
+    return all_emb, all_labels, query_ref_index
+
+
+class DistributedLoss(torch.nn.Module):
+    """Wrap any dmlscale metric loss (and optional miner) so that it sees the global batch.
+
+    `loss(embeddings, labels=None, indices_tuple=None)`: a given `indices_tuple` indexes this rank's
+    batch (anchors and positives/negatives local) and is mapped to global reference rows.
+    """
+
+    def __init__(self, loss: BaseMetricLossFunction, miner: torch.nn.Module | None = None, group=None) -> None:
+        super().__init__()
+        if not isinstance(loss, BaseMetricLossFunction):
+            raise ValueError(f"DistributedLoss wraps a dmlscale metric loss, got {type(loss).__name__}")
+        self.loss = loss
+        self.miner = miner
+        self.group = group
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None, indices_tuple=None,
+                ref_emb=None, ref_labels=None):
+        if ref_emb is not None or ref_labels is not None:
+            raise ValueError("DistributedLoss builds the reference batch itself; ref_emb/ref_labels must be None")
+        if self.miner is not None and indices_tuple is not None:
+            raise ValueError("pass either a miner to DistributedLoss or an indices_tuple, not both")
+        _, world_size = world_rank_and_size(self.group)
+        if not self.loss.compares_to_reference:
+            loss_dict = self.loss.loss_dict(embeddings, labels, indices_tuple)
+            return global_reduce(self.loss.reducer, loss_dict, embeddings, world_size, self.group)
+        all_emb, all_labels, query_ref_index = gather_batch(embeddings, labels, self.group)
+        if self.miner is not None:
+            indices_tuple = self.miner(embeddings, labels, all_emb.detach(), all_labels, query_ref_index=query_ref_index)
+        elif indices_tuple is not None:
+            indices_tuple = local_tuple_to_global(indices_tuple, int(query_ref_index[0]) if len(query_ref_index) else 0)
+        loss_dict = self.loss.loss_dict(embeddings, labels, indices_tuple, all_emb, all_labels,
+                                        query_ref_index=query_ref_index)
+        return global_reduce(self.loss.reducer, loss_dict, embeddings, world_size, self.group)
+
+
+def local_tuple_to_global(indices_tuple, offset: int):
+    """Shift the reference-side entries (positives, negatives) of a local tuple by this rank's offset."""
+    if len(indices_tuple) == 3:
+        a, p, n = indices_tuple
+        return a, p + offset, n + offset
+    a1, p, a2, n = indices_tuple
+    return a1, p + offset, a2, n + offset
+
+
+__all__ = ["DistributedLoss", "DistributedMiner", "gather_batch", "global_reduce"]
