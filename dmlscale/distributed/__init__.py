@@ -2,11 +2,13 @@
 
 from dmlscale.distributed.collectives import all_gather_no_grad, all_gather_with_grad, gather_sizes, global_offsets
 from dmlscale.distributed.global_clip import DistributedClipLoss, DistributedSigLipLoss
+from dmlscale.distributed.global_memory import DistributedCrossBatchMemory
 from dmlscale.distributed.global_loss import DistributedLoss, DistributedMiner
 from dmlscale.distributed.env import WorldInfo, init_process_group, world_info_from_env
 
 __all__ = [
     "DistributedClipLoss",
+    "DistributedCrossBatchMemory",
     "DistributedLoss",
     "DistributedMiner",
     "DistributedSigLipLoss",

@@ -52,3 +52,13 @@ __all__ = [
     "ThresholdReducer",
     "TripletMarginLoss",
 ]
+
+
+def __getattr__(name: str):
+    """`dmlscale.losses.CrossBatchMemory`, as in PML; it lives in dmlscale.memory (queue state), loaded lazily
+    because dmlscale.memory itself builds on this package."""
+    if name == "CrossBatchMemory":
+        from dmlscale.memory import CrossBatchMemory
+
+        return CrossBatchMemory
+    raise AttributeError(f"module 'dmlscale.losses' has no attribute {name!r}")

@@ -1,0 +1,90 @@
+"""CrossBatchMemory equals PML's over several steps (queue contents, loss values, gradients), incl.
+enqueue_mask and a wrapping ring; bad inputs are named."""
+
+import pytest
+import torch
+
+from dmlscale import losses, miners
+from dmlscale.memory import CrossBatchMemory
+from tests.parity import assert_close
+
+pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
+pml_miners = pytest.importorskip("pytorch_metric_learning.miners")
+
+DIM = 6
+LOSSES = {
+    "contrastive": (lambda: losses.ContrastiveLoss(), lambda: pml_losses.ContrastiveLoss()),
+    "triplet": (lambda: losses.TripletMarginLoss(margin=0.3), lambda: pml_losses.TripletMarginLoss(margin=0.3)),
+    "ntxent": (lambda: losses.NTXentLoss(temperature=0.2), lambda: pml_losses.NTXentLoss(temperature=0.2)),
+    "supcon": (lambda: losses.SupConLoss(), lambda: pml_losses.SupConLoss()),
+    "multisim": (lambda: losses.MultiSimilarityLoss(), lambda: pml_losses.MultiSimilarityLoss()),
+}
+
+
+def batches(seed, sizes):
+    gen = torch.Generator().manual_seed(seed)
+    for n in sizes:
+        yield torch.randn(n, DIM, generator=gen, dtype=torch.float64), torch.randint(0, 3, (n,), generator=gen)
+
+
+def run_steps(cbm, sizes, with_mask=False):
+    out = []
+    for step, (emb, labels) in enumerate(batches(0, sizes)):
+        emb = emb.clone().requires_grad_(True)
+        mask = (torch.arange(len(labels)) % 2 == 0) if with_mask else None
+        loss = cbm(emb, labels, enqueue_mask=mask)
+        loss.backward()
+        out.append((loss.detach(), emb.grad.clone(), cbm.embedding_memory.clone(), cbm.label_memory.clone()))
+    return out
+
+
+@pytest.mark.parametrize("with_mask", [False, True], ids=["plain", "enqueue_mask"])
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_matches_pml_over_steps_with_wrapping_ring(name, with_mask):
+    ours_loss, pml_loss = LOSSES[name]
+    sizes = [7, 5, 8, 6, 7]  # 33 rows through a ring of 16: wraps twice
+    ours = run_steps(CrossBatchMemory(ours_loss(), DIM, memory_size=16), sizes, with_mask)
+    theirs = run_steps(pml_losses.CrossBatchMemory(pml_loss(), DIM, memory_size=16), sizes, with_mask)
+    nonzero = 0
+    for step, ((v1, g1, m1, l1), (v2, g2, m2, l2)) in enumerate(zip(ours, theirs)):
+        assert_close(v1, v2, what=f"{name} step {step} loss")
+        assert_close(g1, g2, what=f"{name} step {step} gradient")
+        assert torch.equal(m1, m2.to(m1.dtype)) and torch.equal(l1, l2)
+        nonzero += float(v1) != 0
+    assert nonzero >= 3
+
+
+def test_batch_hard_miner_matches_pml():
+    sizes = [8, 8, 8]
+    ours = run_steps(CrossBatchMemory(losses.TripletMarginLoss(margin=0.3), DIM, memory_size=20,
+                                      miner=miners.BatchHardMiner()), sizes)
+    theirs = run_steps(pml_losses.CrossBatchMemory(pml_losses.TripletMarginLoss(margin=0.3), DIM, memory_size=20,
+                                                   miner=pml_miners.BatchHardMiner()), sizes)
+    for (v1, g1, *_), (v2, g2, *_) in zip(ours, theirs):
+        assert_close(v1, v2)
+        assert_close(g1, g2, what="gradient")
+
+
+def test_miner_never_pairs_a_sample_with_its_own_slot():
+    # an easy-positive miner would pick the sample's own slot (distance 0) if it were not excluded
+    cbm = CrossBatchMemory(losses.TripletMarginLoss(margin=10.0), DIM, memory_size=32,
+                           miner=miners.BatchEasyHardMiner(pos_strategy="easy", neg_strategy="hard"))
+    emb, labels = next(batches(3, [10]))
+    slots = cbm.enqueue(emb, labels)
+    a, p = cbm.miner(emb, labels, *cbm.filled_memory(), query_ref_index=slots)[:2]
+    assert len(a) > 0 and not torch.any(slots[a] == p)
+
+
+def test_bad_inputs_are_named():
+    cbm = CrossBatchMemory(losses.ContrastiveLoss(), DIM, memory_size=4)
+    with pytest.raises(ValueError, match="5 rows into a memory of 4"):
+        cbm(torch.randn(5, DIM), torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="size 3 but embedding_size=6"):
+        cbm(torch.randn(2, 3), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        cbm(torch.randn(2, DIM), torch.zeros(2, dtype=torch.long), indices_tuple=(torch.tensor([0]),) * 3,
+            enqueue_mask=torch.tensor([True, False]))
+    with pytest.raises(ValueError, match="memory_size"):
+        CrossBatchMemory(losses.ContrastiveLoss(), DIM, memory_size=0)
+    with pytest.raises(ValueError, match="CenterLoss"):
+        CrossBatchMemory(losses.CenterLoss(num_classes=3, embedding_size=DIM), DIM)
