@@ -66,6 +66,7 @@ class Towers(torch.nn.Module):
         self.text = torch.nn.Linear(D_IN, D_OUT).double()
         self.logit_scale = torch.nn.Parameter(torch.tensor([2.3], dtype=torch.float64))
         self.logit_bias = torch.nn.Parameter(torch.tensor([-1.5], dtype=torch.float64))
+        self.center_loss = losses.CenterLoss(num_classes=NUM_CLASSES, embedding_size=D_OUT).double()
 
     def forward(self, x, text):
         img = torch.nn.functional.normalize(self.image(x), dim=1)
@@ -74,18 +75,23 @@ class Towers(torch.nn.Module):
 
 
 def case_loss(name, model, x, labels, text, distributed):
+    module = model.module if distributed else model
     emb, img, txt, scale, bias = model(x, text)
-    if name == "clip":
-        return (DistributedClipLoss() if distributed else losses.ClipLoss())(img, txt, scale, bias)
-    if name == "siglip":
-        return (DistributedSigLipLoss() if distributed else losses.SigLipLoss())(img, txt, scale, bias)
+    # under DDP every parameter must take part in the gradient reduction: unused ones join with weight 0
+    unused = {"img": 0 * (scale.sum() + bias.sum()), "txt": 0 * txt.sum(),
+              "centres": 0 * sum(p.sum() for p in module.center_loss.parameters())}
+    if name in ("clip", "siglip"):
+        ours = {"clip": (DistributedClipLoss, losses.ClipLoss), "siglip": (DistributedSigLipLoss, losses.SigLipLoss)}
+        loss = ours[name][0 if distributed else 1]()(img, txt, scale, bias)
+        return loss + (unused["centres"] if distributed else 0)
+    if name == "center":  # a loss with parameters of its own and no reference batch
+        loss = (DistributedLoss(module.center_loss) if distributed else module.center_loss)(emb, labels)
+        return loss + (unused["img"] + unused["txt"] if distributed else 0)
     make_loss, make_miner = CASES[name]
     loss_fn, miner = make_loss(), (make_miner() if make_miner else None)
     if distributed:
-        # every tower must take part in DDP's reduction: add the unused one with weight 0
-        return DistributedLoss(loss_fn, miner=miner)(emb, labels) + 0 * (txt.sum() + scale.sum() + bias.sum())
-    indices_tuple = miner(emb, labels) if miner else None
-    return loss_fn(emb, labels, indices_tuple)
+        return DistributedLoss(loss_fn, miner=miner)(emb, labels) + sum(unused.values())
+    return loss_fn(emb, labels, miner(emb, labels) if miner else None)
 
 
 def grads_after(name, model, x, labels, text, distributed):
@@ -96,7 +102,7 @@ def grads_after(name, model, x, labels, text, distributed):
     return loss.item(), [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in module.parameters()]
 
 
-ALL_CASES = list(CASES) + ["clip", "siglip"]
+ALL_CASES = list(CASES) + ["clip", "siglip", "center"]
 
 
 def _rank_run(rank, world_size, sizes):
