@@ -81,14 +81,14 @@ def global_reduce(reducer: BaseReducer, loss_dict: dict, embeddings: torch.Tenso
     totals = torch.tensor([float(s.detach()) for s in sums] + [float(c or 0) for c in counts], dtype=torch.float64,
                           device=embeddings.device)
     totals = all_reduce_sum_no_grad(totals, group)
-    global_sums, global_counts = totals[: len(parts)], totals[len(parts):]
-    value, share = 0.0, torch.sum(embeddings * 0)
+    global_sums, global_counts = totals[: len(parts)].tolist(), totals[len(parts):].tolist()
+    value, share = 0.0, torch.sum(embeddings * 0)  # value in float64, share keeps the embeddings' dtype
     for local_sum, count, global_sum, global_count in zip(sums, counts, global_sums, global_counts):
         if count is None:  # plain sum
             value, share = value + global_sum, share + local_sum
         elif global_count > 0:
             value, share = value + global_sum / global_count, share + local_sum / global_count
-    value = torch.as_tensor(value, dtype=embeddings.dtype, device=embeddings.device)
+    value = torch.tensor(value, dtype=embeddings.dtype, device=embeddings.device)
     surrogate = world_size * share
     return surrogate + (value - surrogate).detach()
 

@@ -128,3 +128,18 @@ def test_distributed_equals_single_process(sizes):
                 diff = (g - e).abs().max().item()
                 assert diff <= 1e-10, f"{name} rank {rank} param {i}: grad diff {diff:.2e}"
     assert nontrivial == len(ALL_CASES)
+
+
+def test_single_process_wrappers_keep_dtype_and_equal_the_plain_loss():
+    gen = torch.Generator().manual_seed(1)
+    emb = torch.randn(16, 8, generator=gen, requires_grad=True)
+    labels = torch.arange(16) % 4
+    plain = losses.TripletMarginLoss(margin=0.3)(emb, labels)
+    wrapped = DistributedLoss(losses.TripletMarginLoss(margin=0.3))(emb, labels)
+    assert wrapped.dtype == torch.float32 and plain.item() > 0
+    assert abs(wrapped.item() - plain.item()) < 1e-6
+    img, txt = torch.nn.functional.normalize(torch.randn(2, 16, 8, generator=gen), dim=2)
+    scale, bias = torch.tensor([10.0]), torch.tensor([-5.0])
+    for ours, ref in [(DistributedClipLoss()(img, txt, scale, bias), losses.ClipLoss()(img, txt, scale, bias)),
+                      (DistributedSigLipLoss()(img, txt, scale, bias), losses.SigLipLoss()(img, txt, scale, bias))]:
+        assert ours.dtype == torch.float32 and abs(ours.item() - ref.item()) < 1e-5
