@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 
 from dmlscale.distances import BaseDistance
-from dmlscale.indices import convert_to_triplets
 from dmlscale.param_checks import check_real
 from dmlscale.losses.reducers import BaseReducer, MeanReducer
 from dmlscale.losses.triplet import TripletMarginLoss
@@ -64,17 +63,11 @@ class SoftMarginTripletLoss(TripletMarginLoss):
     def get_default_reducer(self) -> BaseReducer:
         return MeanReducer()
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
-        self.require_labels(labels, indices_tuple)
-        a_T, p_T, n_T = convert_to_triplets(indices_tuple, labels, ref_labels, self.triplets_per_anchor,
-                                            query_ref_index=query_ref_index)
-        if len(a_T) == 0:
-            return self.zero_losses()
-        mat_BR = self.distance(embeddings, ref_emb)
-        gap_T = self.distance.margin(mat_BR[a_T, p_T], mat_BR[a_T, n_T])
-        # log(1 + e^x) exactly, without softplus's linear cut-off above x = 20
-        loss_T = torch.logaddexp(self.beta * gap_T, torch.zeros((), dtype=gap_T.dtype, device=gap_T.device))
-        return {"loss": {"losses": loss_T, "indices": (a_T, p_T, n_T), "reduction_type": "triplet"}}
+    def per_triplet_loss(self, violation_T: torch.Tensor) -> torch.Tensor:
+        # margin is 0, so the violation is d_ap - d_an; log(1 + e^x) exactly, without softplus's
+        # linear cut-off above x = 20
+        return torch.logaddexp(self.beta * violation_T, torch.zeros((), dtype=violation_T.dtype,
+                                                                    device=violation_T.device))
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, triplets_per_anchor={self.triplets_per_anchor!r}"

@@ -44,6 +44,9 @@ class TripletMarginLoss(BaseMetricLossFunction):
         if self.swap:
             ref_mat_RR = mat_BR if ref_emb is embeddings else self.distance(ref_emb)
             an_T = self.distance.smallest_dist(an_T, ref_mat_RR[p_T, n_T])
-        violation_T = self.distance.margin(ap_T, an_T) + self.margin
-        loss_T = F.softplus(violation_T) if self.smooth_loss else F.relu(violation_T)
+        loss_T = self.per_triplet_loss(self.distance.margin(ap_T, an_T) + self.margin)
         return {"loss": {"losses": loss_T, "indices": (a_T, p_T, n_T), "reduction_type": "triplet"}}
+
+    def per_triplet_loss(self, violation_T: torch.Tensor) -> torch.Tensor:
+        """The term of one triplet from its violation d_ap - d_an + margin (hinge, or softplus)."""
+        return F.softplus(violation_T) if self.smooth_loss else F.relu(violation_T)
