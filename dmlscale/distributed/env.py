@@ -126,11 +126,13 @@ def init_process_group(
         return dist.get_backend()
     if backend == "nccl":
         torch.cuda.set_device(info.local_rank)
-    dist.init_process_group(
-        backend=backend,
-        init_method=init_method or f"tcp://{info.master_addr}:{info.master_port}",
-        rank=info.rank,
-        world_size=info.world_size,
-        timeout=datetime.timedelta(seconds=timeout_s),
-    )
+    address = init_method or f"tcp://{info.master_addr}:{info.master_port}"
+    try:
+        dist.init_process_group(backend=backend, init_method=address, rank=info.rank, world_size=info.world_size,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    except dist.DistError as error:
+        raise RuntimeError(
+            f"rank {info.rank}: the process group of {info.world_size} ranks at {address} did not form within "
+            f"{timeout_s:g} s ({error})"
+        ) from error
     return backend

@@ -87,3 +87,19 @@ def test_world_info_from_torchrun_slurm_and_single():
         world_info_from_env({"RANK": "x", "WORLD_SIZE": "2"})
     with pytest.raises(ValueError, match="rank 4 is outside"):
         world_info_from_env({"RANK": "4", "WORLD_SIZE": "2"})
+
+
+def test_missing_rank_fails_fast_instead_of_hanging():
+    import time
+
+    import torch.distributed as dist
+
+    from dmlscale.distributed import WorldInfo, init_process_group
+    from tests.distributed.launch import free_port
+
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"rank 0: the process group of 2 ranks .* did not form within 2 s"):
+        init_process_group(WorldInfo(rank=0, world_size=2, local_world_size=2, master_port=free_port()),
+                           backend="gloo", timeout_s=2)
+    assert time.monotonic() - start < 30
+    assert not dist.is_initialized()

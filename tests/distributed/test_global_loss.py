@@ -42,6 +42,15 @@ CASES = {
 }
 
 
+# losses that sample at random: each rank draws its own samples, so only the agreement of the reported
+# global value across ranks (and its finiteness) can be checked against nothing but itself
+RANDOM_CASES = {
+    "triplet-sampled": lambda: DistributedLoss(losses.TripletMarginLoss(margin=0.5, triplets_per_anchor=2)),
+    "distance-weighted": lambda: DistributedLoss(losses.DistanceWeightedMarginLoss()),
+    "gaussian-negatives": lambda: DistributedLoss(losses.GaussianWeightedNegativeLoss(seed=0)),
+}
+
+
 def losses_distances():
     import dmlscale.distances as distances
     return distances
@@ -109,8 +118,11 @@ def _rank_run(rank, world_size, sizes):
     x_ND, labels_N, text_ND = global_batch(sum(sizes))
     start, stop = sum(sizes[:rank]), sum(sizes[: rank + 1])
     model = DistributedDataParallel(Towers())
-    return {name: grads_after(name, model, x_ND[start:stop], labels_N[start:stop], text_ND[start:stop], True)
-            for name in ALL_CASES}
+    out = {name: grads_after(name, model, x_ND[start:stop], labels_N[start:stop], text_ND[start:stop], True)
+           for name in ALL_CASES}
+    emb = model.module.image(x_ND[start:stop]).detach()
+    out["random"] = {name: make()(emb, labels_N[start:stop]).item() for name, make in RANDOM_CASES.items()}
+    return out
 
 
 @pytest.mark.parametrize("sizes", [[9], [6, 6], [7, 3, 5], [4, 9, 2, 6]], ids=["w1", "w2", "w3-unequal", "w4-unequal"])
@@ -118,6 +130,9 @@ def test_distributed_equals_single_process(sizes):
     per_rank = results(run_world(_rank_run, len(sizes), sizes))
     x_ND, labels_N, text_ND = global_batch(sum(sizes))
     expected = {name: grads_after(name, Towers(), x_ND, labels_N, text_ND, False) for name in ALL_CASES}
+    for name in RANDOM_CASES:
+        values = [outcome["random"][name] for outcome in per_rank]
+        assert all(v == values[0] for v in values) and 0 < values[0] < float("inf"), (name, values)
     nontrivial = 0
     for name, (value, grads) in expected.items():
         nontrivial += value != 0
