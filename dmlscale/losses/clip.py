@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dmlscale.losses.tiled import tiled_clip_loss
+
 
 def check_pair_features(image_features: torch.Tensor, text_features: torch.Tensor) -> None:
     """Raise a ValueError naming the shapes unless both are n x D with the same n and D."""
@@ -46,7 +48,24 @@ def clip_row_losses(query_nD, ref_ND, targets_n, logit_scale, logit_bias=None) -
 
 
 class ClipLoss(torch.nn.Module):
-    """Symmetric InfoNCE over matched image-text pairs (row i of each is a pair)."""
+    """Symmetric InfoNCE over matched image-text pairs (row i of each is a pair).
+
+    `tiled`: None picks the streamed kernel (`losses/tiled.py`, memory O(N D + tile^2) instead of
+    O(N^2)) when the batch has at least `tiled_threshold` pairs; True/False force either path. Both
+    give the same value and gradients.
+    """
+
+    def __init__(self, *, tiled: bool | None = None, tile_size: int = 1024, tiled_threshold: int = 4096) -> None:
+        super().__init__()
+        if tiled not in (None, True, False):
+            raise ValueError(f"tiled must be None (automatic), True or False, got {tiled!r}")
+        for name, value in (("tile_size", tile_size), ("tiled_threshold", tiled_threshold)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ClipLoss: {name} must be a positive int, got {value!r}")
+        self.tiled, self.tile_size, self.tiled_threshold = tiled, tile_size, tiled_threshold
+
+    def uses_tiles(self, num_pairs: int) -> bool:
+        return self.tiled if self.tiled is not None else num_pairs >= self.tiled_threshold
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale,
                 logit_bias=None, output_dict: bool = False):
@@ -54,6 +73,9 @@ class ClipLoss(torch.nn.Module):
         check_scale("logit_scale", logit_scale)
         if logit_bias is not None:
             check_scale("logit_bias", logit_bias)
+        if self.uses_tiles(image_features.shape[0]):
+            loss = tiled_clip_loss(image_features, text_features, logit_scale, logit_bias, tile=self.tile_size)
+            return {"contrastive_loss": loss} if output_dict else loss
         targets_n = torch.arange(image_features.shape[0], device=image_features.device)
         image_to_text = clip_row_losses(image_features, text_features, targets_n, logit_scale, logit_bias).mean()
         text_to_image = clip_row_losses(text_features, image_features, targets_n, logit_scale, logit_bias).mean()
