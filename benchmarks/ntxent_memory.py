@@ -13,12 +13,11 @@ negative pairs), so it runs only where the estimate of those fits in a quarter o
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import subprocess
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peak_memory import available_bytes, measure_step, report, run_child  # noqa: E402
 
 BYTES_PER_GB = 1024**3
 # PML's peak is about this many bytes per element of its P x N tensors (a bool mask plus a few
@@ -29,14 +28,6 @@ PML_BYTES_PER_PN_ELEMENT = 17
 def pml_estimate_bytes(batch_size: int) -> int:
     num_pos, num_neg = batch_size, batch_size * (batch_size - 2)
     return num_pos * num_neg * PML_BYTES_PER_PN_ELEMENT
-
-
-def available_bytes() -> int:
-    with open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("MemAvailable not found in /proc/meminfo")
 
 
 def child(impl: str, batch_size: int, dim: int, repeats: int) -> None:
@@ -54,31 +45,15 @@ def child(impl: str, batch_size: int, dim: int, repeats: int) -> None:
     warm_BD = torch.randn(8, dim, requires_grad=True)
     loss_fn(warm_BD, torch.arange(4).repeat(2)).backward()
 
-    def step() -> float:
+    def step() -> None:
         emb_BD.grad = None
-        start = time.perf_counter()
         loss_fn(emb_BD, labels_B).backward()
-        return time.perf_counter() - start
 
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    seconds = [step()]
-    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    seconds += [step() for _ in range(repeats - 1)]
-    print(json.dumps({"extra_bytes": (rss_after - rss_before) * 1024, "seconds": min(seconds)}))
+    report(measure_step(step, repeats))
 
 
 def measure(impl: str, batch_size: int, dim: int, repeats: int) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", impl, "--sizes", str(batch_size),
-           "--dim", str(dim), "--repeats", str(repeats)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo_root(), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        return {"error": f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def repo_root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return run_child(__file__, [impl, "--sizes", str(batch_size), "--dim", str(dim), "--repeats", str(repeats)])
 
 
 def fmt_gb(num_bytes: float) -> str:

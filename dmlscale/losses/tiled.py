@@ -4,9 +4,9 @@ Legend: N pairs, D feature size, T tile size, raw_TT = img_T . txt_T^T for one t
 logits = scale * raw + bias, *_N one value per row (image) or column (text).
 
 CLIP (both directions) with an online log-sum-exp: one forward pass over the tiles keeps only the row
-and column statistics (running max and sum of exp, O(N)); the backward recomputes each tile and forms
+and column log-sum-exps (merged tile by tile with logaddexp, O(N)); the backward recomputes each tile and forms
 its gradient G = g/(2N) * (softmax over the row + softmax over the column), accumulating
-dimg += scale * G txt, dtxt += scale * G^T img, dscale += sum G * raw, dbias += sum G. The positive
+dimg += scale * G txt, dtxt += scale * G^T img, dscale += sum_i img_i . (G txt)_i, dbias += sum G. The positive
 (diagonal) terms are O(N D) and handled apart. Cost: 4 tile matrix products per tile (1 forward, 3
 backward) against 3 for the bare forward+backward of a materialised matrix; memory O(N D + T^2).
 """
@@ -18,37 +18,29 @@ import torch
 DEFAULT_TILE = 1024
 
 
-def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def _as_float(value) -> float:
+    return float(value.detach().reshape(()).item()) if torch.is_tensor(value) else float(value)
 
 
-def _online_update(max_n: torch.Tensor, sum_n: torch.Tensor, tile_max_n: torch.Tensor, tile_sum_at_max_n: torch.Tensor):
-    """Merge a tile's (max, sum of exp(x - max)) into running statistics, in place."""
-    new_max = torch.maximum(max_n, tile_max_n)
-    sum_n.mul_(torch.exp(max_n - new_max)).add_(tile_sum_at_max_n * torch.exp(tile_max_n - new_max))
-    max_n.copy_(new_max)
+def tile_logits(img_TD, txt_TD, scale: float, bias: float) -> torch.Tensor:
+    """logits_TT = scale * img txt^T + bias in one fused matrix product."""
+    out_TT = torch.empty(img_TD.shape[0], txt_TD.shape[0], dtype=img_TD.dtype, device=img_TD.device)
+    return torch.addmm(out_TT.fill_(bias), img_TD, txt_TD.t(), alpha=scale, out=out_TT)
 
 
-def clip_lse(img_ND, txt_ND, scale, bias, tile: int):
-    """Row and column log-sum-exp of logits = scale * img txt^T + bias, streamed over T x T tiles."""
-    num_rows, stat = img_ND.shape[0], _stat_dtype(img_ND.dtype)
-    row_lse_N = torch.empty(num_rows, dtype=stat, device=img_ND.device)
-    col_max_N = torch.full((num_rows,), float("-inf"), dtype=stat, device=img_ND.device)
-    col_sum_N = torch.zeros(num_rows, dtype=stat, device=img_ND.device)
+def clip_lse(img_ND, txt_ND, scale: float, bias: float, tile: int):
+    """Row and column log-sum-exp of logits = scale * img txt^T + bias, merged online over T x T tiles."""
+    num_rows = img_ND.shape[0]
+    row_lse_N = torch.full((num_rows,), float("-inf"), dtype=img_ND.dtype, device=img_ND.device)
+    col_lse_N = torch.full((num_rows,), float("-inf"), dtype=img_ND.dtype, device=img_ND.device)
     for r0 in range(0, num_rows, tile):
         r1 = min(r0 + tile, num_rows)
-        row_max_T = torch.full((r1 - r0,), float("-inf"), dtype=stat, device=img_ND.device)
-        row_sum_T = torch.zeros(r1 - r0, dtype=stat, device=img_ND.device)
         for c0 in range(0, num_rows, tile):
             c1 = min(c0 + tile, num_rows)
-            logits_TT = (scale * (img_ND[r0:r1] @ txt_ND[c0:c1].t()) + bias).to(stat)
-            tile_row_max = logits_TT.amax(dim=1)
-            _online_update(row_max_T, row_sum_T, tile_row_max, torch.exp(logits_TT - tile_row_max[:, None]).sum(1))
-            tile_col_max = logits_TT.amax(dim=0)
-            _online_update(col_max_N[c0:c1], col_sum_N[c0:c1], tile_col_max,
-                           torch.exp(logits_TT - tile_col_max[None, :]).sum(0))
-        row_lse_N[r0:r1] = row_max_T + torch.log(row_sum_T)
-    return row_lse_N, col_max_N + torch.log(col_sum_N)
+            logits_TT = tile_logits(img_ND[r0:r1], txt_ND[c0:c1], scale, bias)
+            torch.logaddexp(row_lse_N[r0:r1], torch.logsumexp(logits_TT, dim=1), out=row_lse_N[r0:r1])
+            torch.logaddexp(col_lse_N[c0:c1], torch.logsumexp(logits_TT, dim=0), out=col_lse_N[c0:c1])
+    return row_lse_N, col_lse_N
 
 
 class TiledClipFunction(torch.autograd.Function):
@@ -56,48 +48,46 @@ class TiledClipFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, img_ND, txt_ND, scale, bias, tile):
-        scale_value = scale.detach().reshape(()) if torch.is_tensor(scale) else torch.tensor(float(scale))
-        bias_value = bias.detach().reshape(()) if torch.is_tensor(bias) else torch.tensor(float(bias or 0.0))
-        scale_value = scale_value.to(img_ND.dtype)
-        bias_value = bias_value.to(img_ND.dtype)
+        scale_value, bias_value = _as_float(scale), (0.0 if bias is None else _as_float(bias))
         row_lse_N, col_lse_N = clip_lse(img_ND, txt_ND, scale_value, bias_value, tile)
         pos_raw_N = (img_ND * txt_ND).sum(dim=1)
-        pos_N = (scale_value * pos_raw_N + bias_value).to(row_lse_N.dtype)
+        pos_N = scale_value * pos_raw_N + bias_value
         num_rows = img_ND.shape[0]
         loss = ((row_lse_N - pos_N).sum() + (col_lse_N - pos_N).sum()) / (2 * num_rows)
-        ctx.save_for_backward(img_ND, txt_ND, row_lse_N, col_lse_N, pos_raw_N, scale_value, bias_value)
-        ctx.tile = tile
+        ctx.save_for_backward(img_ND, txt_ND, row_lse_N, col_lse_N, pos_raw_N)
+        ctx.tile, ctx.scale_value, ctx.bias_value = tile, scale_value, bias_value
         ctx.scale_like = (scale.shape, scale.dtype) if torch.is_tensor(scale) else None
         ctx.bias_like = (bias.shape, bias.dtype) if torch.is_tensor(bias) else None
-        return loss.to(img_ND.dtype)
+        return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        img_ND, txt_ND, row_lse_N, col_lse_N, pos_raw_N, scale_value, bias_value = ctx.saved_tensors
-        num_rows, tile, stat = img_ND.shape[0], ctx.tile, row_lse_N.dtype
-        weight = (grad_loss.to(stat) / (2 * num_rows))
+        img_ND, txt_ND, row_lse_N, col_lse_N, pos_raw_N = ctx.saved_tensors
+        num_rows, tile, scale = img_ND.shape[0], ctx.tile, ctx.scale_value
+        weight = float(grad_loss) / (2 * num_rows)
         dimg_ND, dtxt_ND = torch.zeros_like(img_ND), torch.zeros_like(txt_ND)
-        dscale = torch.zeros((), dtype=stat, device=img_ND.device)
-        dbias = torch.zeros((), dtype=stat, device=img_ND.device)
+        dscale = torch.zeros((), dtype=img_ND.dtype, device=img_ND.device)
+        dbias = torch.zeros((), dtype=img_ND.dtype, device=img_ND.device)
         for r0 in range(0, num_rows, tile):
             r1 = min(r0 + tile, num_rows)
+            img_TD = img_ND[r0:r1]
             for c0 in range(0, num_rows, tile):
                 c1 = min(c0 + tile, num_rows)
-                raw_TT = img_ND[r0:r1] @ txt_ND[c0:c1].t()
-                logits_TT = (scale_value * raw_TT + bias_value).to(stat)
-                grad_TT = (torch.exp(logits_TT - row_lse_N[r0:r1, None])
-                           + torch.exp(logits_TT - col_lse_N[None, c0:c1])) * weight
-                dscale += (grad_TT * raw_TT.to(stat)).sum()
+                txt_TD = txt_ND[c0:c1]
+                logits_TT = tile_logits(img_TD, txt_TD, scale, ctx.bias_value)
+                # G / weight = softmax over the row + softmax over the column
+                grad_TT = torch.exp(logits_TT - row_lse_N[r0:r1, None])
+                grad_TT += logits_TT.sub_(col_lse_N[None, c0:c1]).exp_()
                 dbias += grad_TT.sum()
-                grad_TT = grad_TT.to(img_ND.dtype)
-                dimg_ND[r0:r1] += scale_value * (grad_TT @ txt_ND[c0:c1])
-                dtxt_ND[c0:c1] += scale_value * (grad_TT.t() @ img_ND[r0:r1])
+                grad_txt_TD = grad_TT @ txt_TD
+                dscale += (grad_txt_TD * img_TD).sum()  # sum_ij G_ij img_i . txt_j
+                dimg_ND[r0:r1].add_(grad_txt_TD, alpha=scale * weight)
+                dtxt_ND[c0:c1].addmm_(grad_TT.t(), img_TD, alpha=scale * weight)
         # positives: each diagonal logit enters both directions with weight -1
-        pos_weight = (2 * weight).to(img_ND.dtype)
-        dimg_ND -= pos_weight * scale_value * txt_ND
-        dtxt_ND -= pos_weight * scale_value * img_ND
-        dscale -= 2 * weight * pos_raw_N.to(stat).sum()
-        dbias -= 2 * weight * num_rows
+        dimg_ND.add_(txt_ND, alpha=-2 * weight * scale)
+        dtxt_ND.add_(img_ND, alpha=-2 * weight * scale)
+        dscale = weight * (dscale - 2 * pos_raw_N.sum())
+        dbias = weight * (dbias - 2 * num_rows)
         grad_scale = None if ctx.scale_like is None else dscale.to(ctx.scale_like[1]).reshape(ctx.scale_like[0])
         grad_bias = None if ctx.bias_like is None else dbias.to(ctx.bias_like[1]).reshape(ctx.bias_like[0])
         return dimg_ND, dtxt_ND, grad_scale, grad_bias, None

@@ -125,7 +125,8 @@ def _rank_run(rank, world_size, sizes):
     return out
 
 
-@pytest.mark.parametrize("sizes", [[9], [6, 6], [7, 3, 5], [4, 9, 2, 6]], ids=["w1", "w2", "w3-unequal", "w4-unequal"])
+@pytest.mark.parametrize("sizes", [[9], [6, 6], [8, 5], [7, 3, 5], [5, 5, 5, 5], [4, 9, 2, 6]],
+                         ids=["w1", "w2-equal", "w2-unequal", "w3-unequal", "w4-equal", "w4-unequal"])
 def test_distributed_equals_single_process(sizes):
     per_rank = results(run_world(_rank_run, len(sizes), sizes))
     x_ND, labels_N, text_ND = global_batch(sum(sizes))
