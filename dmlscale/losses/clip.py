@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dmlscale.losses.tiled import tiled_clip_loss
+from dmlscale.losses.tiled import TiledPairLoss, tiled_clip_loss
 
 
 def check_pair_features(image_features: torch.Tensor, text_features: torch.Tensor) -> None:
@@ -47,25 +47,13 @@ def clip_row_losses(query_nD, ref_ND, targets_n, logit_scale, logit_bias=None) -
     return F.cross_entropy(scaled_logits(query_nD, ref_ND, logit_scale, logit_bias), targets_n, reduction="none")
 
 
-class ClipLoss(torch.nn.Module):
+class ClipLoss(TiledPairLoss):
     """Symmetric InfoNCE over matched image-text pairs (row i of each is a pair).
 
     `tiled`: None picks the streamed kernel (`losses/tiled.py`, memory O(N D + tile^2) instead of
     O(N^2)) when the batch has at least `tiled_threshold` pairs; True/False force either path. Both
     give the same value and gradients.
     """
-
-    def __init__(self, *, tiled: bool | None = None, tile_size: int = 1024, tiled_threshold: int = 4096) -> None:
-        super().__init__()
-        if tiled not in (None, True, False):
-            raise ValueError(f"tiled must be None (automatic), True or False, got {tiled!r}")
-        for name, value in (("tile_size", tile_size), ("tiled_threshold", tiled_threshold)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"ClipLoss: {name} must be a positive int, got {value!r}")
-        self.tiled, self.tile_size, self.tiled_threshold = tiled, tile_size, tiled_threshold
-
-    def uses_tiles(self, num_pairs: int) -> bool:
-        return self.tiled if self.tiled is not None else num_pairs >= self.tiled_threshold
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale,
                 logit_bias=None, output_dict: bool = False):

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from dmlscale.losses.clip import check_pair_features, check_scale, scaled_logits
+from dmlscale.losses.tiled import TiledPairLoss, tiled_siglip_loss
 
 
 def siglip_row_loss_sum(image_nD, text_ND, positive_col_n, logit_scale, logit_bias) -> torch.Tensor:
@@ -22,15 +23,19 @@ def siglip_row_loss_sum(image_nD, text_ND, positive_col_n, logit_scale, logit_bi
     return -F.logsigmoid(signs_nN * logits_nN).sum()
 
 
-class SigLipLoss(torch.nn.Module):
-    """Pairwise sigmoid loss with a learnt scale and bias (row i of each input is a pair)."""
+class SigLipLoss(TiledPairLoss):
+    """Pairwise sigmoid loss with a learnt scale and bias (row i of each input is a pair); streamed
+    tile by tile at `tiled_threshold` pairs and above (see TiledPairLoss)."""
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale, logit_bias,
                 output_dict: bool = False):
         check_pair_features(image_features, text_features)
         check_scale("logit_scale", logit_scale)
         check_scale("logit_bias", logit_bias)
-        positive_col_n = torch.arange(image_features.shape[0], device=image_features.device)
-        loss = siglip_row_loss_sum(image_features, text_features, positive_col_n, logit_scale, logit_bias)
-        loss = loss / image_features.shape[0]
+        if self.uses_tiles(image_features.shape[0]):
+            loss = tiled_siglip_loss(image_features, text_features, logit_scale, logit_bias, tile=self.tile_size)
+        else:
+            positive_col_n = torch.arange(image_features.shape[0], device=image_features.device)
+            loss = siglip_row_loss_sum(image_features, text_features, positive_col_n, logit_scale, logit_bias)
+            loss = loss / image_features.shape[0]
         return {"contrastive_loss": loss} if output_dict else loss

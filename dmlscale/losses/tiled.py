@@ -99,3 +99,93 @@ def tiled_clip_loss(img_ND: torch.Tensor, txt_ND: torch.Tensor, logit_scale, log
     if not isinstance(tile, int) or isinstance(tile, bool) or tile < 1:
         raise ValueError(f"tile must be a positive int, got {tile!r}")
     return TiledClipFunction.apply(img_ND, txt_ND, logit_scale, logit_bias, tile)
+
+
+class TiledSigLipFunction(torch.autograd.Function):
+    """Sigmoid loss over all pairs, sum_ij -log sigmoid(y_ij * logit_ij) / N, tile by tile.
+
+    Every pair is its own term, so no statistics are needed: the forward sums tile losses, the
+    backward recomputes each tile with d/dlogit = -y * sigmoid(-y * logit) / N.
+    """
+
+    @staticmethod
+    def forward(ctx, img_ND, txt_ND, scale, bias, tile):
+        scale_value, bias_value = _as_float(scale), _as_float(bias)
+        num_rows = img_ND.shape[0]
+        total = torch.zeros((), dtype=torch.float64, device=img_ND.device)  # N^2 terms: accumulate in fp64
+        for r0, r1, c0, c1 in _tiles(num_rows, tile):
+            logits_TT = tile_logits(img_ND[r0:r1], txt_ND[c0:c1], scale_value, bias_value)
+            _flip_positives(logits_TT, r0, c0)  # y * logit: -logit off the diagonal
+            total -= torch.nn.functional.logsigmoid(logits_TT).sum(dtype=torch.float64)
+        ctx.save_for_backward(img_ND, txt_ND)
+        ctx.tile, ctx.scale_value, ctx.bias_value = tile, scale_value, bias_value
+        ctx.scale_like, ctx.bias_like = (scale.shape, scale.dtype), (bias.shape, bias.dtype)
+        return (total / num_rows).to(img_ND.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        img_ND, txt_ND = ctx.saved_tensors
+        num_rows, scale = img_ND.shape[0], ctx.scale_value
+        weight = float(grad_loss) / num_rows
+        dimg_ND, dtxt_ND = torch.zeros_like(img_ND), torch.zeros_like(txt_ND)
+        dscale = torch.zeros((), dtype=img_ND.dtype, device=img_ND.device)
+        dbias = torch.zeros((), dtype=img_ND.dtype, device=img_ND.device)
+        for r0, r1, c0, c1 in _tiles(num_rows, ctx.tile):
+            img_TD, txt_TD = img_ND[r0:r1], txt_ND[c0:c1]
+            signed_TT = tile_logits(img_TD, txt_TD, scale, ctx.bias_value)
+            _flip_positives(signed_TT, r0, c0)
+            # d(-log sigmoid(y l))/dl = -y sigmoid(-y l)
+            grad_TT = torch.sigmoid(signed_TT.neg_())
+            _flip_positives(grad_TT, r0, c0)
+            grad_TT.neg_()
+            dbias += grad_TT.sum()
+            grad_txt_TD = grad_TT @ txt_TD
+            dscale += (grad_txt_TD * img_TD).sum()
+            dimg_ND[r0:r1].add_(grad_txt_TD, alpha=scale * weight)
+            dtxt_ND[c0:c1].addmm_(grad_TT.t(), img_TD, alpha=scale * weight)
+        grad_scale = (weight * dscale).to(ctx.scale_like[1]).reshape(ctx.scale_like[0])
+        grad_bias = (weight * dbias).to(ctx.bias_like[1]).reshape(ctx.bias_like[0])
+        return dimg_ND, dtxt_ND, grad_scale, grad_bias, None
+
+
+def _tiles(num_rows: int, tile: int):
+    for r0 in range(0, num_rows, tile):
+        for c0 in range(0, num_rows, tile):
+            yield r0, min(r0 + tile, num_rows), c0, min(c0 + tile, num_rows)
+
+
+def _flip_positives(tile_TT: torch.Tensor, r0: int, c0: int) -> None:
+    """Multiply a tile by y (+1 on the global diagonal, -1 elsewhere), in place."""
+    tile_TT.neg_()
+    lo, hi = max(r0, c0), min(r0 + tile_TT.shape[0], c0 + tile_TT.shape[1])
+    if lo < hi:
+        idx = torch.arange(lo, hi, device=tile_TT.device)
+        tile_TT[idx - r0, idx - c0] *= -1
+
+
+def tiled_siglip_loss(img_ND: torch.Tensor, txt_ND: torch.Tensor, logit_scale, logit_bias,
+                      tile: int = DEFAULT_TILE) -> torch.Tensor:
+    """SigLIP loss (open_clip's value and gradients) without the N x N matrix."""
+    if not isinstance(tile, int) or isinstance(tile, bool) or tile < 1:
+        raise ValueError(f"tile must be a positive int, got {tile!r}")
+    return TiledSigLipFunction.apply(img_ND, txt_ND, logit_scale, logit_bias, tile)
+
+
+class TiledPairLoss(torch.nn.Module):
+    """Base of the image-text losses: picks the streamed kernel above a batch-size threshold.
+
+    `tiled`: None picks it when the batch has at least `tiled_threshold` pairs; True/False force
+    either path. Both paths give the same value and gradients.
+    """
+
+    def __init__(self, *, tiled: bool | None = None, tile_size: int = DEFAULT_TILE, tiled_threshold: int = 4096) -> None:
+        super().__init__()
+        if tiled not in (None, True, False):
+            raise ValueError(f"{type(self).__name__}: tiled must be None (automatic), True or False, got {tiled!r}")
+        for name, value in (("tile_size", tile_size), ("tiled_threshold", tiled_threshold)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{type(self).__name__}: {name} must be a positive int, got {value!r}")
+        self.tiled, self.tile_size, self.tiled_threshold = tiled, tile_size, tiled_threshold
+
+    def uses_tiles(self, num_pairs: int) -> bool:
+        return self.tiled if self.tiled is not None else num_pairs >= self.tiled_threshold

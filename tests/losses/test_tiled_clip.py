@@ -67,3 +67,34 @@ def test_clip_loss_paths_agree_and_auto_switches(tiled):
     assert loss.uses_tiles(48) == (tiled is not False) and loss.uses_tiles(39) == bool(tiled)
     with pytest.raises(ValueError, match="tile_size must be a positive int, got 0"):
         ClipLoss(tile_size=0)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("n, tile", [(37, 8), (50, 64), (33, 1)])
+def test_tiled_siglip_equals_materialised(n, tile, dtype, tol):
+    from dmlscale.losses.siglip import SigLipLoss
+    from dmlscale.losses.tiled import tiled_siglip_loss
+
+    img, txt = inputs(n + 1, n, 12, dtype)
+    scale, bias = torch.tensor([10.0], dtype=dtype), torch.tensor([-10.0], dtype=dtype)
+    ours_v, ours_g = value_and_grads(lambda *a: tiled_siglip_loss(*a, tile=tile), img, txt, scale, bias)
+    ref_v, ref_g = value_and_grads(lambda *a: SigLipLoss()(*a), img, txt, scale, bias)
+    assert ref_v > 0.1
+    assert_close(ours_v, ref_v, tol)
+    for g1, g2 in zip(ours_g, ref_g):
+        assert g1.abs().sum() > 0
+        assert_close(g1, g2, tol, what="gradient")
+
+
+def test_siglip_loss_auto_switches_to_tiles_with_same_result():
+    from dmlscale.losses.siglip import SigLipLoss
+
+    img, txt = inputs(9, 45, 6, torch.float64)
+    scale, bias = torch.tensor([8.0], dtype=torch.float64), torch.tensor([-6.0], dtype=torch.float64)
+    auto = SigLipLoss(tile_size=16, tiled_threshold=40)
+    assert auto.uses_tiles(45) and not auto.uses_tiles(39)
+    v, g = value_and_grads(lambda *a: auto(*a), img, txt, scale, bias)
+    ref_v, ref_g = value_and_grads(lambda *a: SigLipLoss(tiled=False)(*a), img, txt, scale, bias)
+    assert_close(v, ref_v)
+    for g1, g2 in zip(g, ref_g):
+        assert_close(g1, g2, what="gradient")
