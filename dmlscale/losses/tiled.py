@@ -43,6 +43,15 @@ def clip_lse(img_ND, txt_ND, scale: float, bias: float, tile: int):
     return row_lse_N, col_lse_N
 
 
+def accumulate_tile_grads(grad_TT, img_TD, txt_TD, dimg_TD, dtxt_TD, alpha: float):
+    """Given dL/dlogits of one tile (up to the factor alpha / scale), add alpha * G txt to dimg and
+    alpha * G^T img to dtxt in place; return (sum G, sum_ij G_ij img_i . txt_j) for the bias and scale."""
+    grad_txt_TD = grad_TT @ txt_TD
+    dimg_TD.add_(grad_txt_TD, alpha=alpha)
+    dtxt_TD.addmm_(grad_TT.t(), img_TD, alpha=alpha)
+    return grad_TT.sum(), (grad_txt_TD * img_TD).sum()
+
+
 class TiledClipFunction(torch.autograd.Function):
     """Symmetric InfoNCE over matched rows, exact, with O(N D + T^2) memory."""
 
@@ -78,11 +87,10 @@ class TiledClipFunction(torch.autograd.Function):
                 # G / weight = softmax over the row + softmax over the column
                 grad_TT = torch.exp(logits_TT - row_lse_N[r0:r1, None])
                 grad_TT += logits_TT.sub_(col_lse_N[None, c0:c1]).exp_()
-                dbias += grad_TT.sum()
-                grad_txt_TD = grad_TT @ txt_TD
-                dscale += (grad_txt_TD * img_TD).sum()  # sum_ij G_ij img_i . txt_j
-                dimg_ND[r0:r1].add_(grad_txt_TD, alpha=scale * weight)
-                dtxt_ND[c0:c1].addmm_(grad_TT.t(), img_TD, alpha=scale * weight)
+                bias_part, scale_part = accumulate_tile_grads(grad_TT, img_TD, txt_TD, dimg_ND[r0:r1],
+                                                              dtxt_ND[c0:c1], scale * weight)
+                dbias += bias_part
+                dscale += scale_part
         # positives: each diagonal logit enters both directions with weight -1
         dimg_ND.add_(txt_ND, alpha=-2 * weight * scale)
         dtxt_ND.add_(img_ND, alpha=-2 * weight * scale)
@@ -138,11 +146,10 @@ class TiledSigLipFunction(torch.autograd.Function):
             grad_TT = torch.sigmoid(signed_TT.neg_())
             _flip_positives(grad_TT, r0, c0)
             grad_TT.neg_()
-            dbias += grad_TT.sum()
-            grad_txt_TD = grad_TT @ txt_TD
-            dscale += (grad_txt_TD * img_TD).sum()
-            dimg_ND[r0:r1].add_(grad_txt_TD, alpha=scale * weight)
-            dtxt_ND[c0:c1].addmm_(grad_TT.t(), img_TD, alpha=scale * weight)
+            bias_part, scale_part = accumulate_tile_grads(grad_TT, img_TD, txt_TD, dimg_ND[r0:r1], dtxt_ND[c0:c1],
+                                                          scale * weight)
+            dbias += bias_part
+            dscale += scale_part
         grad_scale = (weight * dscale).to(ctx.scale_like[1]).reshape(ctx.scale_like[0])
         grad_bias = (weight * dbias).to(ctx.bias_like[1]).reshape(ctx.bias_like[0])
         return dimg_ND, dtxt_ND, grad_scale, grad_bias, None
