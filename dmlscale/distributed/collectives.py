@@ -121,3 +121,16 @@ def all_reduce_sum_no_grad(x: torch.Tensor, group=None) -> torch.Tensor:
     if world_size > 1:
         dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
     return out
+
+
+def all_reduce_logsumexp_no_grad(lse: torch.Tensor, group=None) -> torch.Tensor:
+    """log(sum over ranks of exp(lse_r)), elementwise: combines partial log-sum-exps (O(len) traffic)."""
+    _, world_size = world_rank_and_size(group)
+    if world_size == 1:
+        return lse.detach().clone()
+    peak = lse.detach().clone()
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=group)
+    safe_peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    total = torch.exp(lse.detach() - safe_peak)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+    return safe_peak + torch.log(total)

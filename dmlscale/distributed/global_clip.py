@@ -14,6 +14,7 @@ import torch
 
 from dmlscale.distributed.collectives import (
     all_gather_with_grad,
+    all_reduce_logsumexp_no_grad,
     all_reduce_sum_no_grad,
     gather_sizes,
     global_offsets,
@@ -21,6 +22,7 @@ from dmlscale.distributed.collectives import (
 )
 from dmlscale.losses.clip import check_pair_features, check_scale, clip_row_losses
 from dmlscale.losses.siglip import siglip_row_loss_sum
+from dmlscale.losses.tiled import TiledPairLoss, clip_lse, scalar_value, tiled_clip_sum
 
 
 def _global_value(local_sum: torch.Tensor, denominator: int, world_size: int, group) -> torch.Tensor:
@@ -41,23 +43,41 @@ def _gather_pair(image_features, text_features, group, *, gather_images: bool):
     return all_image, all_text, rows_n, sum(sizes), world_size
 
 
-class DistributedClipLoss(torch.nn.Module):
-    """ClipLoss over the global batch; call it on each rank with that rank's matched pairs."""
+class DistributedClipLoss(TiledPairLoss):
+    """ClipLoss over the global batch; call it on each rank with that rank's matched pairs.
 
-    def __init__(self, group=None) -> None:
-        super().__init__()
+    At `tiled_threshold` global pairs and above (see TiledPairLoss) each rank streams its n rows
+    against the gathered texts tile by tile: its image-row statistics are complete locally, the text
+    columns' log-sum-exps are combined across ranks by one O(N) all-reduce, and no rank holds more than
+    a tile of the matrix.
+    """
+
+    def __init__(self, group=None, **tiling) -> None:
+        super().__init__(**tiling)
         self.group = group
 
     def forward(self, image_features, text_features, logit_scale, logit_bias=None, output_dict: bool = False):
         check_scale("logit_scale", logit_scale)
         if logit_bias is not None:
             check_scale("logit_bias", logit_bias)
-        all_image, all_text, rows_n, total, world_size = _gather_pair(image_features, text_features, self.group,
-                                                                        gather_images=True)
-        local_sum = (clip_row_losses(image_features, all_text, rows_n, logit_scale, logit_bias).sum()
-                     + clip_row_losses(text_features, all_image, rows_n, logit_scale, logit_bias).sum())
+        _, all_text, rows_n, total, world_size = _gather_pair(image_features, text_features, self.group,
+                                                              gather_images=False)
+        if self.uses_tiles(total):
+            local_sum = self._tiled_local_sum(image_features, all_text, logit_scale, logit_bias, int(rows_n[0]))
+        else:
+            all_image = all_gather_with_grad(image_features, self.group)
+            local_sum = (clip_row_losses(image_features, all_text, rows_n, logit_scale, logit_bias).sum()
+                         + clip_row_losses(text_features, all_image, rows_n, logit_scale, logit_bias).sum())
         loss = _global_value(local_sum, 2 * total, world_size, self.group)
         return {"contrastive_loss": loss} if output_dict else loss
+
+    def _tiled_local_sum(self, image_nD, all_text_ND, logit_scale, logit_bias, offset: int):
+        scale, bias = scalar_value(logit_scale), (0.0 if logit_bias is None else scalar_value(logit_bias))
+        with torch.no_grad():
+            row_lse_n, partial_col_lse_N = clip_lse(image_nD.detach(), all_text_ND.detach(), scale, bias, self.tile_size)
+        col_lse_N = all_reduce_logsumexp_no_grad(partial_col_lse_N, self.group)
+        return tiled_clip_sum(image_nD, all_text_ND, logit_scale, logit_bias, row_lse_n, col_lse_N, offset,
+                              self.tile_size)
 
 
 class DistributedSigLipLoss(torch.nn.Module):

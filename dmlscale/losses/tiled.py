@@ -18,7 +18,8 @@ import torch
 DEFAULT_TILE = 1024
 
 
-def _as_float(value) -> float:
+def scalar_value(value) -> float:
+    """A Python float from a number or a one-element tensor (scale and bias enter the GEMM as scalars)."""
     return float(value.detach().reshape(()).item()) if torch.is_tensor(value) else float(value)
 
 
@@ -28,19 +29,18 @@ def tile_logits(img_TD, txt_TD, scale: float, bias: float) -> torch.Tensor:
     return torch.addmm(out_TT.fill_(bias), img_TD, txt_TD.t(), alpha=scale, out=out_TT)
 
 
-def clip_lse(img_ND, txt_ND, scale: float, bias: float, tile: int):
-    """Row and column log-sum-exp of logits = scale * img txt^T + bias, merged online over T x T tiles."""
-    num_rows = img_ND.shape[0]
-    row_lse_N = torch.full((num_rows,), float("-inf"), dtype=img_ND.dtype, device=img_ND.device)
-    col_lse_N = torch.full((num_rows,), float("-inf"), dtype=img_ND.dtype, device=img_ND.device)
-    for r0 in range(0, num_rows, tile):
-        r1 = min(r0 + tile, num_rows)
-        for c0 in range(0, num_rows, tile):
-            c1 = min(c0 + tile, num_rows)
-            logits_TT = tile_logits(img_ND[r0:r1], txt_ND[c0:c1], scale, bias)
-            torch.logaddexp(row_lse_N[r0:r1], torch.logsumexp(logits_TT, dim=1), out=row_lse_N[r0:r1])
-            torch.logaddexp(col_lse_N[c0:c1], torch.logsumexp(logits_TT, dim=0), out=col_lse_N[c0:c1])
-    return row_lse_N, col_lse_N
+def clip_lse(img_nD, txt_ND, scale: float, bias: float, tile: int):
+    """Row (n) and column (N) log-sum-exp of logits = scale * img txt^T + bias, merged online over
+    T x T tiles. With img the local rows of a larger batch, the column values are partial: combine
+    them across ranks with a log-sum-exp all-reduce."""
+    num_rows, num_cols = img_nD.shape[0], txt_ND.shape[0]
+    row_lse_n = torch.full((num_rows,), float("-inf"), dtype=img_nD.dtype, device=img_nD.device)
+    col_lse_N = torch.full((num_cols,), float("-inf"), dtype=img_nD.dtype, device=img_nD.device)
+    for r0, r1, c0, c1 in _tiles(num_rows, num_cols, tile):
+        logits_TT = tile_logits(img_nD[r0:r1], txt_ND[c0:c1], scale, bias)
+        torch.logaddexp(row_lse_n[r0:r1], torch.logsumexp(logits_TT, dim=1), out=row_lse_n[r0:r1])
+        torch.logaddexp(col_lse_N[c0:c1], torch.logsumexp(logits_TT, dim=0), out=col_lse_N[c0:c1])
+    return row_lse_n, col_lse_N
 
 
 def accumulate_tile_grads(grad_TT, img_TD, txt_TD, dimg_TD, dtxt_TD, alpha: float):
@@ -53,60 +53,75 @@ def accumulate_tile_grads(grad_TT, img_TD, txt_TD, dimg_TD, dtxt_TD, alpha: floa
 
 
 class TiledClipFunction(torch.autograd.Function):
-    """Symmetric InfoNCE over matched rows, exact, with O(N D + T^2) memory."""
+    """Sum of CLIP terms of the local pairs, given complete row and column log-sum-exps.
+
+    Local pair i is image row i and text column `col_offset + i`. Value:
+    sum_i (row_lse_i - l_i,off+i) + sum_i (col_lse_off+i - l_i,off+i). Backward: for the local rows
+    against all columns, G = softmax over the row + softmax over the column (complete statistics), minus
+    2 on the local pairs; gradients reach the images, every text column, scale and bias. Summed over
+    ranks (texts through the gather's backward) this is the exact gradient of the global sum.
+    """
 
     @staticmethod
-    def forward(ctx, img_ND, txt_ND, scale, bias, tile):
-        scale_value, bias_value = _as_float(scale), (0.0 if bias is None else _as_float(bias))
-        row_lse_N, col_lse_N = clip_lse(img_ND, txt_ND, scale_value, bias_value, tile)
-        pos_raw_N = (img_ND * txt_ND).sum(dim=1)
-        pos_N = scale_value * pos_raw_N + bias_value
-        num_rows = img_ND.shape[0]
-        loss = ((row_lse_N - pos_N).sum() + (col_lse_N - pos_N).sum()) / (2 * num_rows)
-        ctx.save_for_backward(img_ND, txt_ND, row_lse_N, col_lse_N, pos_raw_N)
-        ctx.tile, ctx.scale_value, ctx.bias_value = tile, scale_value, bias_value
+    def forward(ctx, img_nD, txt_ND, scale, bias, row_lse_n, col_lse_N, col_offset, tile):
+        scale_value, bias_value = scalar_value(scale), (0.0 if bias is None else scalar_value(bias))
+        num_rows = img_nD.shape[0]
+        pos_raw_n = (img_nD * txt_ND[col_offset:col_offset + num_rows]).sum(dim=1)
+        pos_n = scale_value * pos_raw_n + bias_value
+        local_sum = (row_lse_n - pos_n).sum() + (col_lse_N[col_offset:col_offset + num_rows] - pos_n).sum()
+        ctx.save_for_backward(img_nD, txt_ND, row_lse_n, col_lse_N, pos_raw_n)
+        ctx.tile, ctx.scale_value, ctx.bias_value, ctx.col_offset = tile, scale_value, bias_value, col_offset
         ctx.scale_like = (scale.shape, scale.dtype) if torch.is_tensor(scale) else None
         ctx.bias_like = (bias.shape, bias.dtype) if torch.is_tensor(bias) else None
-        return loss
+        return local_sum
 
     @staticmethod
-    def backward(ctx, grad_loss):
-        img_ND, txt_ND, row_lse_N, col_lse_N, pos_raw_N = ctx.saved_tensors
-        num_rows, tile, scale = img_ND.shape[0], ctx.tile, ctx.scale_value
-        weight = float(grad_loss) / (2 * num_rows)
-        dimg_ND, dtxt_ND = torch.zeros_like(img_ND), torch.zeros_like(txt_ND)
-        dscale = torch.zeros((), dtype=img_ND.dtype, device=img_ND.device)
-        dbias = torch.zeros((), dtype=img_ND.dtype, device=img_ND.device)
-        for r0 in range(0, num_rows, tile):
-            r1 = min(r0 + tile, num_rows)
-            img_TD = img_ND[r0:r1]
-            for c0 in range(0, num_rows, tile):
-                c1 = min(c0 + tile, num_rows)
-                txt_TD = txt_ND[c0:c1]
-                logits_TT = tile_logits(img_TD, txt_TD, scale, ctx.bias_value)
-                # G / weight = softmax over the row + softmax over the column
-                grad_TT = torch.exp(logits_TT - row_lse_N[r0:r1, None])
-                grad_TT += logits_TT.sub_(col_lse_N[None, c0:c1]).exp_()
-                bias_part, scale_part = accumulate_tile_grads(grad_TT, img_TD, txt_TD, dimg_ND[r0:r1],
-                                                              dtxt_ND[c0:c1], scale * weight)
-                dbias += bias_part
-                dscale += scale_part
-        # positives: each diagonal logit enters both directions with weight -1
-        dimg_ND.add_(txt_ND, alpha=-2 * weight * scale)
-        dtxt_ND.add_(img_ND, alpha=-2 * weight * scale)
-        dscale = weight * (dscale - 2 * pos_raw_N.sum())
+    def backward(ctx, grad_sum):
+        img_nD, txt_ND, row_lse_n, col_lse_N, pos_raw_n = ctx.saved_tensors
+        num_rows, scale, offset = img_nD.shape[0], ctx.scale_value, ctx.col_offset
+        weight = float(grad_sum)
+        dimg_nD, dtxt_ND = torch.zeros_like(img_nD), torch.zeros_like(txt_ND)
+        dscale = torch.zeros((), dtype=img_nD.dtype, device=img_nD.device)
+        dbias = torch.zeros((), dtype=img_nD.dtype, device=img_nD.device)
+        for r0, r1, c0, c1 in _tiles(num_rows, txt_ND.shape[0], ctx.tile):
+            img_TD, txt_TD = img_nD[r0:r1], txt_ND[c0:c1]
+            logits_TT = tile_logits(img_TD, txt_TD, scale, ctx.bias_value)
+            # G / weight = softmax over the row + softmax over the column
+            grad_TT = torch.exp(logits_TT - row_lse_n[r0:r1, None])
+            grad_TT += logits_TT.sub_(col_lse_N[None, c0:c1]).exp_()
+            bias_part, scale_part = accumulate_tile_grads(grad_TT, img_TD, txt_TD, dimg_nD[r0:r1], dtxt_ND[c0:c1],
+                                                          scale * weight)
+            dbias += bias_part
+            dscale += scale_part
+        # positives: each local pair's logit enters both directions with weight -1
+        dimg_nD.add_(txt_ND[offset:offset + num_rows], alpha=-2 * weight * scale)
+        dtxt_ND[offset:offset + num_rows].add_(img_nD, alpha=-2 * weight * scale)
+        dscale = weight * (dscale - 2 * pos_raw_n.sum())
         dbias = weight * (dbias - 2 * num_rows)
         grad_scale = None if ctx.scale_like is None else dscale.to(ctx.scale_like[1]).reshape(ctx.scale_like[0])
         grad_bias = None if ctx.bias_like is None else dbias.to(ctx.bias_like[1]).reshape(ctx.bias_like[0])
-        return dimg_ND, dtxt_ND, grad_scale, grad_bias, None
+        return dimg_nD, dtxt_ND, grad_scale, grad_bias, None, None, None, None
+
+
+def check_tile(tile) -> None:
+    if not isinstance(tile, int) or isinstance(tile, bool) or tile < 1:
+        raise ValueError(f"tile must be a positive int, got {tile!r}")
+
+
+def tiled_clip_sum(img_nD, txt_ND, logit_scale, logit_bias, row_lse_n, col_lse_N, col_offset: int, tile: int):
+    """Sum of the local pairs' CLIP terms (see TiledClipFunction); the statistics come from clip_lse."""
+    return TiledClipFunction.apply(img_nD, txt_ND, logit_scale, logit_bias, row_lse_n, col_lse_N, col_offset, tile)
 
 
 def tiled_clip_loss(img_ND: torch.Tensor, txt_ND: torch.Tensor, logit_scale, logit_bias=None,
                     tile: int = DEFAULT_TILE) -> torch.Tensor:
     """CLIP loss (open_clip's value and gradients) without the N x N matrix."""
-    if not isinstance(tile, int) or isinstance(tile, bool) or tile < 1:
-        raise ValueError(f"tile must be a positive int, got {tile!r}")
-    return TiledClipFunction.apply(img_ND, txt_ND, logit_scale, logit_bias, tile)
+    check_tile(tile)
+    bias_value = 0.0 if logit_bias is None else scalar_value(logit_bias)
+    with torch.no_grad():
+        row_lse_N, col_lse_N = clip_lse(img_ND.detach(), txt_ND.detach(), scalar_value(logit_scale), bias_value, tile)
+    total = tiled_clip_sum(img_ND, txt_ND, logit_scale, logit_bias, row_lse_N, col_lse_N, 0, tile)
+    return total / (2 * img_ND.shape[0])
 
 
 class TiledSigLipFunction(torch.autograd.Function):
@@ -118,10 +133,10 @@ class TiledSigLipFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, img_ND, txt_ND, scale, bias, tile):
-        scale_value, bias_value = _as_float(scale), _as_float(bias)
+        scale_value, bias_value = scalar_value(scale), scalar_value(bias)
         num_rows = img_ND.shape[0]
         total = torch.zeros((), dtype=torch.float64, device=img_ND.device)  # N^2 terms: accumulate in fp64
-        for r0, r1, c0, c1 in _tiles(num_rows, tile):
+        for r0, r1, c0, c1 in _tiles(num_rows, num_rows, tile):
             logits_TT = tile_logits(img_ND[r0:r1], txt_ND[c0:c1], scale_value, bias_value)
             _flip_positives(logits_TT, r0, c0)  # y * logit: -logit off the diagonal
             total -= torch.nn.functional.logsigmoid(logits_TT).sum(dtype=torch.float64)
@@ -138,7 +153,7 @@ class TiledSigLipFunction(torch.autograd.Function):
         dimg_ND, dtxt_ND = torch.zeros_like(img_ND), torch.zeros_like(txt_ND)
         dscale = torch.zeros((), dtype=img_ND.dtype, device=img_ND.device)
         dbias = torch.zeros((), dtype=img_ND.dtype, device=img_ND.device)
-        for r0, r1, c0, c1 in _tiles(num_rows, ctx.tile):
+        for r0, r1, c0, c1 in _tiles(num_rows, num_rows, ctx.tile):
             img_TD, txt_TD = img_ND[r0:r1], txt_ND[c0:c1]
             signed_TT = tile_logits(img_TD, txt_TD, scale, ctx.bias_value)
             _flip_positives(signed_TT, r0, c0)
@@ -155,10 +170,11 @@ class TiledSigLipFunction(torch.autograd.Function):
         return dimg_ND, dtxt_ND, grad_scale, grad_bias, None
 
 
-def _tiles(num_rows: int, tile: int):
+def _tiles(num_rows: int, num_cols: int, tile: int):
+    """(r0, r1, c0, c1) of every tile of a num_rows x num_cols matrix."""
     for r0 in range(0, num_rows, tile):
-        for c0 in range(0, num_rows, tile):
-            yield r0, min(r0 + tile, num_rows), c0, min(c0 + tile, num_rows)
+        for c0 in range(0, num_cols, tile):
+            yield r0, min(r0 + tile, num_rows), c0, min(c0 + tile, num_cols)
 
 
 def _flip_positives(tile_TT: torch.Tensor, r0: int, c0: int) -> None:
@@ -173,8 +189,7 @@ def _flip_positives(tile_TT: torch.Tensor, r0: int, c0: int) -> None:
 def tiled_siglip_loss(img_ND: torch.Tensor, txt_ND: torch.Tensor, logit_scale, logit_bias,
                       tile: int = DEFAULT_TILE) -> torch.Tensor:
     """SigLIP loss (open_clip's value and gradients) without the N x N matrix."""
-    if not isinstance(tile, int) or isinstance(tile, bool) or tile < 1:
-        raise ValueError(f"tile must be a positive int, got {tile!r}")
+    check_tile(tile)
     return TiledSigLipFunction.apply(img_ND, txt_ND, logit_scale, logit_bias, tile)
 
 

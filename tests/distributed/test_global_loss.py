@@ -89,9 +89,12 @@ def case_loss(name, model, x, labels, text, distributed):
     # under DDP every parameter must take part in the gradient reduction: unused ones join with weight 0
     unused = {"img": 0 * (scale.sum() + bias.sum()), "txt": 0 * txt.sum(),
               "centres": 0 * sum(p.sum() for p in module.center_loss.parameters())}
-    if name in ("clip", "siglip"):
-        ours = {"clip": (DistributedClipLoss, losses.ClipLoss), "siglip": (DistributedSigLipLoss, losses.SigLipLoss)}
-        loss = ours[name][0 if distributed else 1]()(img, txt, scale, bias)
+    if name in ("clip", "siglip", "clip-tiled"):
+        tiled = {"tiled": True, "tile_size": 3}  # tiles smaller than every local batch
+        ours = {"clip": (DistributedClipLoss(), losses.ClipLoss()),
+                "siglip": (DistributedSigLipLoss(), losses.SigLipLoss()),
+                "clip-tiled": (DistributedClipLoss(**tiled), losses.ClipLoss(tiled=False))}
+        loss = ours[name][0 if distributed else 1](img, txt, scale, bias)
         return loss + (unused["centres"] if distributed else 0)
     if name == "center":  # a loss with parameters of its own and no reference batch
         loss = (DistributedLoss(module.center_loss) if distributed else module.center_loss)(emb, labels)
@@ -111,7 +114,7 @@ def grads_after(name, model, x, labels, text, distributed):
     return loss.item(), [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in module.parameters()]
 
 
-ALL_CASES = list(CASES) + ["clip", "siglip", "center"]
+ALL_CASES = list(CASES) + ["clip", "siglip", "clip-tiled", "center"]
 
 
 def _rank_run(rank, world_size, sizes):
