@@ -14,7 +14,8 @@ from dmlscale.indices import convert_to_pairs, matches_and_diffs
 from dmlscale.losses.logsumexp import masked_logsumexp
 from dmlscale.losses.pair import GenericPairLoss
 from dmlscale.losses.reducers import AvgNonZeroReducer
-from dmlscale.param_checks import check_positive
+from dmlscale.losses.tiled_supcon import tiled_supcon_row_losses
+from dmlscale.param_checks import check_positive, check_positive_int
 
 
 def similarity_logits(loss, mat_BR: torch.Tensor) -> torch.Tensor:
@@ -101,11 +102,17 @@ class SupConLoss(GenericPairLoss):
 
     uses_masks = True
 
-    def __init__(self, temperature: float = 0.1, **kwargs) -> None:
+    def __init__(self, temperature: float = 0.1, *, tiled: bool | None = None, tile_size: int = 1024,
+                 tiled_threshold: int = 4096, **kwargs) -> None:
         super().__init__(**kwargs)
         check_positive(type(self).__name__, "temperature", temperature)
         self.temperature = temperature
         self.add_to_recordable_attributes(list_of_names=["temperature"], is_stat=False)
+        if tiled not in (None, True, False):
+            raise ValueError(f"SupConLoss: tiled must be None (automatic), True or False, got {tiled!r}")
+        self.tiled = tiled
+        self.tile_size = check_positive_int(type(self).__name__, "tile_size", tile_size)
+        self.tiled_threshold = check_positive_int(type(self).__name__, "tiled_threshold", tiled_threshold)
 
     def get_default_distance(self):
         return CosineSimilarity()
@@ -113,11 +120,16 @@ class SupConLoss(GenericPairLoss):
     def get_default_reducer(self):
         return AvgNonZeroReducer()
 
+    def uses_tiles(self, num_rows: int) -> bool:
+        return self.tiled if self.tiled is not None else num_rows >= self.tiled_threshold
+
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
         if indices_tuple is not None:
             return super().compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index)
         # from labels, the masks come straight from label equality (no list of all B*R pairs)
         self.require_labels(labels, indices_tuple)
+        if self.uses_tiles(len(embeddings)):
+            return self.tiled_loss(embeddings, labels, ref_emb, ref_labels, query_ref_index)
         same_BR, diff_BR = matches_and_diffs(labels, ref_labels, query_ref_index)
         if int(same_BR.sum()) <= 1 and int(diff_BR.sum()) <= 1:
             return self.zero_losses()
@@ -135,3 +147,32 @@ class SupConLoss(GenericPairLoss):
         mean_log_prob_pos_B = (pos_BR * log_prob_BR).sum(dim=1) / (num_pos_B + torch.finfo(mat_BR.dtype).tiny)
         indices_B = torch.arange(len(mat_BR), device=mat_BR.device)
         return {"loss": {"losses": -mean_log_prob_pos_B, "indices": indices_B, "reduction_type": "element"}}
+
+    def tiled_loss(self, embeddings, labels, ref_emb, ref_labels, query_ref_index) -> dict:
+        """The same per-row losses, streamed tile by tile (losses/tiled_supcon.py): no B x R matrix."""
+        num_pos, num_neg = pair_counts(labels, ref_labels, query_ref_index)
+        if (num_pos <= 1 and num_neg <= 1) or num_pos == 0 or num_neg == 0:
+            return self.zero_losses()
+        query_BD = self.distance.maybe_normalize(embeddings)
+        ref_RD = query_BD if ref_emb is embeddings else self.distance.maybe_normalize(ref_emb)
+        distance, sign = self.distance, (1.0 if self.distance.is_inverted else -1.0)
+
+        def logits_fn(q_TD, r_TD):
+            mat_TT = distance.compute_mat(q_TD, r_TD)
+            return sign * (mat_TT if distance.power == 1 else mat_TT**distance.power) / self.temperature
+
+        self_index_B = torch.full_like(labels, -1) if query_ref_index is None else query_ref_index
+        losses_B = tiled_supcon_row_losses(query_BD, ref_RD, labels, ref_labels, self_index_B, logits_fn,
+                                           self.tile_size)
+        indices_B = torch.arange(len(embeddings), device=embeddings.device)
+        return {"loss": {"losses": losses_B, "indices": indices_B, "reduction_type": "element"}}
+
+
+def pair_counts(labels_B, ref_labels_R, query_ref_index_B) -> tuple[int, int]:
+    """Numbers of positive and negative pairs implied by the labels, without a B x R mask."""
+    values, inverse = torch.unique(torch.cat([labels_B, ref_labels_R]), return_inverse=True)
+    query_counts = torch.bincount(inverse[: len(labels_B)], minlength=len(values))
+    ref_counts = torch.bincount(inverse[len(labels_B):], minlength=len(values))
+    same = int((query_counts * ref_counts).sum())
+    own = 0 if query_ref_index_B is None else int((query_ref_index_B >= 0).sum())
+    return same - own, len(labels_B) * len(ref_labels_R) - same
