@@ -14,8 +14,9 @@ from dmlscale.indices import convert_to_pairs, matches_and_diffs
 from dmlscale.losses.logsumexp import masked_logsumexp
 from dmlscale.losses.pair import GenericPairLoss
 from dmlscale.losses.reducers import AvgNonZeroReducer
+from dmlscale.losses.tiled import set_tiling, uses_tiles
 from dmlscale.losses.tiled_supcon import tiled_supcon_row_losses
-from dmlscale.param_checks import check_positive, check_positive_int
+from dmlscale.param_checks import check_positive
 
 
 def similarity_logits(loss, mat_BR: torch.Tensor) -> torch.Tensor:
@@ -108,11 +109,7 @@ class SupConLoss(GenericPairLoss):
         check_positive(type(self).__name__, "temperature", temperature)
         self.temperature = temperature
         self.add_to_recordable_attributes(list_of_names=["temperature"], is_stat=False)
-        if tiled not in (None, True, False):
-            raise ValueError(f"SupConLoss: tiled must be None (automatic), True or False, got {tiled!r}")
-        self.tiled = tiled
-        self.tile_size = check_positive_int(type(self).__name__, "tile_size", tile_size)
-        self.tiled_threshold = check_positive_int(type(self).__name__, "tiled_threshold", tiled_threshold)
+        set_tiling(self, tiled, tile_size, tiled_threshold)
 
     def get_default_distance(self):
         return CosineSimilarity()
@@ -121,7 +118,7 @@ class SupConLoss(GenericPairLoss):
         return AvgNonZeroReducer()
 
     def uses_tiles(self, num_rows: int) -> bool:
-        return self.tiled if self.tiled is not None else num_rows >= self.tiled_threshold
+        return uses_tiles(self, num_rows)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
         if indices_tuple is not None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from dmlscale.param_checks import check_positive_int
+
 DEFAULT_TILE = 1024
 
 
@@ -104,8 +106,7 @@ class TiledClipFunction(torch.autograd.Function):
 
 
 def check_tile(tile) -> None:
-    if not isinstance(tile, int) or isinstance(tile, bool) or tile < 1:
-        raise ValueError(f"tile must be a positive int, got {tile!r}")
+    check_positive_int("tiled kernel", "tile", tile)
 
 
 def tiled_clip_sum(img_nD, txt_ND, logit_scale, logit_bias, row_lse_n, col_lse_N, col_offset: int, tile: int):
@@ -202,12 +203,22 @@ class TiledPairLoss(torch.nn.Module):
 
     def __init__(self, *, tiled: bool | None = None, tile_size: int = DEFAULT_TILE, tiled_threshold: int = 4096) -> None:
         super().__init__()
-        if tiled not in (None, True, False):
-            raise ValueError(f"{type(self).__name__}: tiled must be None (automatic), True or False, got {tiled!r}")
-        for name, value in (("tile_size", tile_size), ("tiled_threshold", tiled_threshold)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{type(self).__name__}: {name} must be a positive int, got {value!r}")
-        self.tiled, self.tile_size, self.tiled_threshold = tiled, tile_size, tiled_threshold
+        set_tiling(self, tiled, tile_size, tiled_threshold)
 
     def uses_tiles(self, num_pairs: int) -> bool:
-        return self.tiled if self.tiled is not None else num_pairs >= self.tiled_threshold
+        return uses_tiles(self, num_pairs)
+
+
+def set_tiling(owner, tiled: bool | None, tile_size: int, tiled_threshold: int) -> None:
+    """Validate and store a loss's path choice: `tiled` None (automatic), True or False."""
+    name = type(owner).__name__
+    if tiled not in (None, True, False):
+        raise ValueError(f"{name}: tiled must be None (automatic), True or False, got {tiled!r}")
+    owner.tiled = tiled
+    owner.tile_size = check_positive_int(name, "tile_size", tile_size)
+    owner.tiled_threshold = check_positive_int(name, "tiled_threshold", tiled_threshold)
+
+
+def uses_tiles(owner, num_rows: int) -> bool:
+    """Whether `owner` streams a batch of `num_rows`: forced by `tiled`, else from the threshold."""
+    return owner.tiled if owner.tiled is not None else num_rows >= owner.tiled_threshold
