@@ -80,8 +80,10 @@ class _AllGatherWithGrad(torch.autograd.Function):
         return grad_ND[start : start + ctx.sizes[ctx.rank]], None, None, None
 
 
-def all_gather_with_grad(x_nD: torch.Tensor, group=None) -> torch.Tensor:
-    """All ranks' rows of x, concatenated in rank order (N x ...); local sizes may differ.
+def all_gather_with_grad(x_nD: torch.Tensor, group=None, *, name: str = "embeddings",
+                         sizes: list[int] | None = None) -> torch.Tensor:
+    """All ranks' rows of x, concatenated in rank order (N x ...); local sizes may differ. `sizes`:
+    the result of `gather_sizes` for this very tensor, when the caller already has it (skips a collective).
 
     Gradients: the backward sums, over all ranks, the gradient each rank's graph sent to the gathered
     tensor, and returns to each rank the rows it owns (reduce-scatter semantics). So if every rank
@@ -89,16 +91,18 @@ def all_gather_with_grad(x_nD: torch.Tensor, group=None) -> torch.Tensor:
     one process computing sum_r L_r on the concatenated batch.
     """
     rank, world_size = world_rank_and_size(group)
-    sizes = gather_sizes(x_nD, group, name="embeddings")
+    sizes = gather_sizes(x_nD, group, name=name) if sizes is None else sizes
     if world_size == 1:
         return x_nD
     return _AllGatherWithGrad.apply(x_nD, sizes, rank, group)
 
 
-def all_gather_no_grad(x_n: torch.Tensor, group=None, *, name: str = "tensor") -> torch.Tensor:
-    """All ranks' rows of x (labels, indices, ...), concatenated in rank order; no gradient flows."""
+def all_gather_no_grad(x_n: torch.Tensor, group=None, *, name: str = "tensor",
+                       sizes: list[int] | None = None) -> torch.Tensor:
+    """All ranks' rows of x (labels, indices, ...), concatenated in rank order; no gradient flows.
+    `sizes` as in all_gather_with_grad."""
     _, world_size = world_rank_and_size(group)
-    sizes = gather_sizes(x_n, group, name=name)
+    sizes = gather_sizes(x_n, group, name=name) if sizes is None else sizes
     if world_size == 1:
         return x_n
     with torch.no_grad():

@@ -25,22 +25,22 @@ from dmlscale.losses.siglip import siglip_row_loss_sum
 from dmlscale.losses.tiled import TiledPairLoss, clip_lse, scalar_value, tiled_clip_sum
 
 
-def _global_value(local_sum: torch.Tensor, denominator: int, world_size: int, group) -> torch.Tensor:
+def _global_value(local_sum: torch.Tensor, denominator: int, group) -> torch.Tensor:
+    _, world_size = world_rank_and_size(group)
     total = all_reduce_sum_no_grad(local_sum.detach().to(torch.float64).reshape(1), group)[0]
     value = (total / denominator).to(local_sum.dtype)
     surrogate = world_size * local_sum / denominator
     return surrogate + (value - surrogate).detach()
 
 
-def _gather_pair(image_features, text_features, group, *, gather_images: bool):
-    rank, world_size = world_rank_and_size(group)
+def _gather_texts(image_features, text_features, group):
+    """(all texts with gradient, global row of each local pair, global pair count, per-rank sizes)."""
+    rank, _ = world_rank_and_size(group)
     check_pair_features(image_features, text_features)
-    sizes = gather_sizes(image_features, group, name="image_features")
-    offset = global_offsets(sizes)[rank]
-    all_image = all_gather_with_grad(image_features, group) if gather_images else None
-    all_text = all_gather_with_grad(text_features, group)
-    rows_n = torch.arange(image_features.shape[0], device=image_features.device) + offset
-    return all_image, all_text, rows_n, sum(sizes), world_size
+    sizes = gather_sizes(text_features, group, name="text_features")
+    all_text = all_gather_with_grad(text_features, group, sizes=sizes)
+    rows_n = torch.arange(image_features.shape[0], device=image_features.device) + global_offsets(sizes)[rank]
+    return all_text, rows_n, sum(sizes), sizes
 
 
 class DistributedClipLoss(TiledPairLoss):
@@ -60,15 +60,14 @@ class DistributedClipLoss(TiledPairLoss):
         check_scale("logit_scale", logit_scale)
         if logit_bias is not None:
             check_scale("logit_bias", logit_bias)
-        _, all_text, rows_n, total, world_size = _gather_pair(image_features, text_features, self.group,
-                                                              gather_images=False)
+        all_text, rows_n, total, sizes = _gather_texts(image_features, text_features, self.group)
         if self.uses_tiles(total):
             local_sum = self._tiled_local_sum(image_features, all_text, logit_scale, logit_bias, int(rows_n[0]))
         else:
-            all_image = all_gather_with_grad(image_features, self.group)
+            all_image = all_gather_with_grad(image_features, self.group, sizes=sizes)
             local_sum = (clip_row_losses(image_features, all_text, rows_n, logit_scale, logit_bias).sum()
                          + clip_row_losses(text_features, all_image, rows_n, logit_scale, logit_bias).sum())
-        loss = _global_value(local_sum, 2 * total, world_size, self.group)
+        loss = _global_value(local_sum, 2 * total, self.group)
         return {"contrastive_loss": loss} if output_dict else loss
 
     def _tiled_local_sum(self, image_nD, all_text_ND, logit_scale, logit_bias, offset: int):
@@ -90,8 +89,7 @@ class DistributedSigLipLoss(torch.nn.Module):
     def forward(self, image_features, text_features, logit_scale, logit_bias, output_dict: bool = False):
         check_scale("logit_scale", logit_scale)
         check_scale("logit_bias", logit_bias)
-        _, all_text, rows_n, total, world_size = _gather_pair(image_features, text_features, self.group,
-                                                             gather_images=False)
+        all_text, rows_n, total, _ = _gather_texts(image_features, text_features, self.group)
         local_sum = siglip_row_loss_sum(image_features, all_text, rows_n, logit_scale, logit_bias)
-        loss = _global_value(local_sum, total, world_size, self.group)
+        loss = _global_value(local_sum, total, self.group)
         return {"contrastive_loss": loss} if output_dict else loss
