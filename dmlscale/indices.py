@@ -226,3 +226,13 @@ def anchor_weights(indices_tuple, num_query: int, dtype, device, using_ref: bool
     idx, counts = torch.unique(idx, return_counts=True)
     weights_B[idx] = counts.to(dtype) / counts.max()
     return weights_B
+
+
+def tuple_to_reference_rows(indices_tuple, ref_row_B: torch.Tensor):
+    """Map a tuple over the query batch to (queries, references): the positives and negatives (batch
+    rows) become the reference rows `ref_row_B` says hold those samples (a rank's global rows, or the
+    memory slots a batch was written to); anchors stay query rows."""
+    if len(indices_tuple) not in (3, 4):
+        raise ValueError(f"indices_tuple must have 3 or 4 entries, got {len(indices_tuple)}")
+    ref_positions = (1, 2) if len(indices_tuple) == 3 else (1, 3)
+    return tuple(ref_row_B[idx] if i in ref_positions else idx for i, idx in enumerate(indices_tuple))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from dmlscale.indices import tuple_to_reference_rows
 from dmlscale.inputs import check_embeddings, check_labels
 from dmlscale.losses.base import BaseMetricLossFunction
 from dmlscale.param_checks import check_positive_int
@@ -88,7 +89,7 @@ class CrossBatchMemory(torch.nn.Module):
         slots those rows were written to (and joined to the mined tuple when there is a miner)."""
         mem_emb, mem_labels = self.filled_memory()
         if indices_tuple is not None:
-            indices_tuple = batch_tuple_to_slots(indices_tuple, query_slots)
+            indices_tuple = tuple_to_reference_rows(indices_tuple, query_slots)
         if self.miner is not None:
             mined = self.miner(queries, query_labels, mem_emb, mem_labels, query_ref_index=query_slots)
             indices_tuple = mined if indices_tuple is None else concatenate_tuples(mined, indices_tuple)
@@ -111,10 +112,3 @@ def concatenate_tuples(first, second):
         raise ValueError(f"cannot join an indices_tuple of length {len(second)} to mined tuples of length {len(first)}")
     return tuple(torch.cat([x, y.to(x.device)]) for x, y in zip(first, second))
 
-
-def batch_tuple_to_slots(indices_tuple, slots_B: torch.Tensor):
-    """Map the reference side (positives, negatives) of a batch-local tuple to memory slots."""
-    if len(indices_tuple) not in (3, 4):
-        raise ValueError(f"indices_tuple must have 3 or 4 entries, got {len(indices_tuple)}")
-    ref_positions = (1, 2) if len(indices_tuple) == 3 else (1, 3)
-    return tuple(slots_B[idx] if i in ref_positions else idx for i, idx in enumerate(indices_tuple))

@@ -9,3 +9,6 @@ from dmlscale.losses.reducers import (  # noqa: F401
     SumReducer,
     ThresholdReducer,
 )
+
+__all__ = ["AvgNonZeroReducer", "BaseReducer", "DoNothingReducer", "MeanReducer", "MultipleReducers", "SumReducer",
+           "ThresholdReducer"]

@@ -5,7 +5,6 @@ Legend: B batch, R reference rows, D embedding size.
 
 from __future__ import annotations
 
-import itertools
 
 import pytest
 import torch
@@ -130,7 +129,7 @@ def run_mode(mode: str, ours_loss, pml_loss, seed: int, *, scale: float = 1.0, b
 
 
 __all__ = [
-    "DISTANCE_IDS", "DISTANCE_SETTINGS", "INPUT_MODES", "TOL", "assert_close", "compare_losses", "itertools",
+    "DISTANCE_IDS", "DISTANCE_SETTINGS", "INPUT_MODES", "TOL", "assert_close", "compare_losses",
     "make_batch", "make_distances", "pair_tuple_from_labels", "run_mode", "triplet_tuple_from_labels",
     "value_and_grads",
 ]

@@ -68,3 +68,14 @@ def test_bad_indices_tuple_is_named():
         indices.check_indices_tuple((torch.tensor([0]), torch.tensor([1])), 4, 4)
     with pytest.raises(ValueError, match="lengths do not match"):
         indices.check_indices_tuple((torch.tensor([0, 1]), torch.tensor([1]), torch.tensor([2])), 4, 4)
+
+
+def test_tuple_to_reference_rows_maps_only_the_reference_side():
+    rows = torch.tensor([10, 11, 12, 13])
+    a, p, n = indices.tuple_to_reference_rows((torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([1, 0])), rows)
+    assert a.tolist() == [0, 1] and p.tolist() == [12, 13] and n.tolist() == [11, 10]
+    a1, p, a2, n = indices.tuple_to_reference_rows(
+        (torch.tensor([3]), torch.tensor([0]), torch.tensor([2]), torch.tensor([1])), rows)
+    assert (a1.tolist(), p.tolist(), a2.tolist(), n.tolist()) == ([3], [10], [2], [11])
+    with pytest.raises(ValueError, match="3 or 4 entries, got 2"):
+        indices.tuple_to_reference_rows((torch.tensor([0]), torch.tensor([1])), rows)

@@ -88,3 +88,16 @@ def test_bad_inputs_are_named():
         CrossBatchMemory(losses.ContrastiveLoss(), DIM, memory_size=0)
     with pytest.raises(ValueError, match="CenterLoss"):
         CrossBatchMemory(losses.CenterLoss(num_classes=3, embedding_size=DIM), DIM)
+
+
+def test_batch_indices_tuple_is_scored_against_the_slots_of_those_rows():
+    emb, labels = next(batches(4, [6]))
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    pairs = (torch.tensor([0, 2]), torch.tensor([1, 3]), torch.tensor([0, 2]), torch.tensor([4, 5]))
+    cbm = CrossBatchMemory(losses.ContrastiveLoss(), DIM, memory_size=10)
+    cbm.enqueue(*next(batches(5, [7])))  # the batch lands in slots 7, 8, 9, 0, 1, 2
+    got = cbm(emb, labels, indices_tuple=pairs)
+    slots = torch.tensor([7, 8, 9, 0, 1, 2])
+    mapped = tuple(x if i in (0, 2) else slots[x] for i, x in enumerate(pairs))
+    expected = losses.ContrastiveLoss()(emb, labels, mapped, *cbm.filled_memory(), query_ref_index=slots)
+    assert got.item() > 0 and abs(got.item() - expected.item()) < 1e-12

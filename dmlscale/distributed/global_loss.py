@@ -29,6 +29,7 @@ from dmlscale.distributed.collectives import (
     global_offsets,
     world_rank_and_size,
 )
+from dmlscale.indices import tuple_to_reference_rows
 from dmlscale.losses.base import BaseMetricLossFunction
 from dmlscale.losses.reducers import (
     BaseReducer,
@@ -52,11 +53,7 @@ def _element_sum_and_count(reducer: BaseReducer, loss_info: dict, embeddings: to
     if isinstance(reducer, SumReducer):
         return losses.sum(), None
     if isinstance(reducer, ThresholdReducer):
-        keep = torch.ones_like(losses, dtype=torch.bool)
-        if reducer.low is not None:
-            keep &= losses > reducer.low
-        if reducer.high is not None:
-            keep &= losses < reducer.high
+        keep = reducer.keep_mask(losses)
         return losses[keep].sum() + torch.sum(embeddings * 0), int(keep.sum())
     if type(reducer) is MeanReducer:
         return losses.sum(), losses.numel()
@@ -66,8 +63,9 @@ def _element_sum_and_count(reducer: BaseReducer, loss_info: dict, embeddings: to
     )
 
 
-def global_reduce(reducer: BaseReducer, loss_dict: dict, embeddings: torch.Tensor, world_size: int, group=None):
+def global_reduce(reducer: BaseReducer, loss_dict: dict, embeddings: torch.Tensor, group=None):
     """Reduce a local loss dict to the global loss (see module docstring for value and gradient)."""
+    _, world_size = world_rank_and_size(group)
     if isinstance(reducer, DoNothingReducer):
         return loss_dict
     if isinstance(reducer, MultipleReducers):
@@ -110,7 +108,7 @@ def gather_batch(embeddings: torch.Tensor, labels: torch.Tensor | None, group=No
     """(global embeddings with gradient, global labels, global row of each local row)."""
     rank, _ = world_rank_and_size(group)
     sizes = gather_sizes(embeddings, group, name="embeddings")
-    all_emb = all_gather_with_grad(embeddings, group)
+    all_emb = all_gather_with_grad(embeddings, group, sizes=sizes)
     all_labels = None if labels is None else all_gather_no_grad(labels.to(embeddings.device), group, name="labels")
     offset = global_offsets(sizes)[rank]
     query_ref_index = torch.arange(embeddings.shape[0], device=embeddings.device) + offset
@@ -138,27 +136,17 @@ class DistributedLoss(torch.nn.Module):
             raise ValueError("DistributedLoss builds the reference batch itself; ref_emb/ref_labels must be None")
         if self.miner is not None and indices_tuple is not None:
             raise ValueError("pass either a miner to DistributedLoss or an indices_tuple, not both")
-        _, world_size = world_rank_and_size(self.group)
         if not self.loss.compares_to_reference:
             loss_dict = self.loss.loss_dict(embeddings, labels, indices_tuple)
-            return global_reduce(self.loss.reducer, loss_dict, embeddings, world_size, self.group)
+            return global_reduce(self.loss.reducer, loss_dict, embeddings, self.group)
         all_emb, all_labels, query_ref_index = gather_batch(embeddings, labels, self.group)
         if self.miner is not None:
             indices_tuple = self.miner(embeddings, labels, all_emb.detach(), all_labels, query_ref_index=query_ref_index)
         elif indices_tuple is not None:
-            indices_tuple = local_tuple_to_global(indices_tuple, int(query_ref_index[0]) if len(query_ref_index) else 0)
+            indices_tuple = tuple_to_reference_rows(indices_tuple, query_ref_index)
         loss_dict = self.loss.loss_dict(embeddings, labels, indices_tuple, all_emb, all_labels,
                                         query_ref_index=query_ref_index)
-        return global_reduce(self.loss.reducer, loss_dict, embeddings, world_size, self.group)
-
-
-def local_tuple_to_global(indices_tuple, offset: int):
-    """Shift the reference-side entries (positives, negatives) of a local tuple by this rank's offset."""
-    if len(indices_tuple) == 3:
-        a, p, n = indices_tuple
-        return a, p + offset, n + offset
-    a1, p, a2, n = indices_tuple
-    return a1, p + offset, a2, n + offset
+        return global_reduce(self.loss.reducer, loss_dict, embeddings, self.group)
 
 
 __all__ = ["DistributedLoss", "DistributedMiner", "gather_batch", "global_reduce"]

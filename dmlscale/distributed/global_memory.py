@@ -26,15 +26,15 @@ class DistributedCrossBatchMemory(torch.nn.Module):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, indices_tuple=None,
                 enqueue_mask: torch.Tensor | None = None):
-        rank, world_size = world_rank_and_size(self.group)
+        rank, _ = world_rank_and_size(self.group)
         queries, query_labels, to_queue, queue_labels, queries_enqueued = self.memory.split_batch(
             embeddings, labels, indices_tuple, enqueue_mask)
         sizes = gather_sizes(to_queue, self.group, name="embeddings to enqueue")
-        all_queue = all_gather_no_grad(to_queue, self.group, name="embeddings to enqueue")
+        all_queue = all_gather_no_grad(to_queue, self.group, sizes=sizes)
         all_labels = all_gather_no_grad(queue_labels, self.group, name="labels to enqueue")
         slots = self.memory.enqueue(all_queue, all_labels)
         start = global_offsets(sizes)[rank]
         local_slots = slots[start:start + sizes[rank]]
         query_slots = local_slots if queries_enqueued else torch.full_like(query_labels, -1)
         loss_dict = self.memory.loss_against_memory(queries, query_labels, query_slots, indices_tuple, reduce=False)
-        return global_reduce(self.memory.loss.reducer, loss_dict, queries, world_size, self.group)
+        return global_reduce(self.memory.loss.reducer, loss_dict, queries, self.group)

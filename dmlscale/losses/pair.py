@@ -5,7 +5,6 @@ Legend: B queries, R references, P positive pairs, N negative pairs; mat_BR the 
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from dmlscale.indices import convert_to_pairs, pair_masks

@@ -88,12 +88,17 @@ class ThresholdReducer(BaseReducer):
             list_of_names=["num_past_filter", "num_above_low", "num_below_high"], is_stat=True
         )
 
-    def element_reduction(self, losses, indices, embeddings, labels) -> torch.Tensor:
+    def keep_mask(self, losses: torch.Tensor) -> torch.Tensor:
+        """The elements that pass: low < loss < high (missing bounds ignored)."""
         keep = torch.ones_like(losses, dtype=torch.bool)
         if self.low is not None:
             keep &= losses > self.low
         if self.high is not None:
             keep &= losses < self.high
+        return keep
+
+    def element_reduction(self, losses, indices, embeddings, labels) -> torch.Tensor:
+        keep = self.keep_mask(losses)
         kept = losses[keep]
         if self.collect_stats:
             self.num_past_filter = len(kept)

@@ -9,7 +9,6 @@ Triplets are enumerated with `indices.all_triplets` (memory O(T), never a dense 
 
 from __future__ import annotations
 
-import torch
 
 from dmlscale.indices import all_triplets
 from dmlscale.miners.base import BaseMiner
