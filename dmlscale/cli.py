@@ -1,25 +1,42 @@
-"""The one command-line entry point: `dmlscale <command> ...`."""
+"""The one command-line entry point: `dmlscale <command> ...`.
+
+Each command lives in its own module, imported only when that command runs (so `dmlscale shards`
+never pays for DeepSpeed). A command module provides `add_arguments(parser)` and
+`main_from_args(args)`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
-from dmlscale import demo
+# name -> (module, one-line help). Add a command by adding a line here.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("dmlscale.demo", "train a small embedder on real digits with a dmlscale loss"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dmlscale", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo.add_arguments(commands.add_parser("demo", help="train a small embedder on real digits with a dmlscale loss"))
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Parser with every command listed; only `command`'s module is imported for its arguments."""
+    parser = argparse.ArgumentParser(prog="dmlscale", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text)
+        if name == command:
+            importlib.import_module(module_name).add_arguments(sub)
     return parser
 
 
+def _chosen_command(argv: list[str]) -> str | None:
+    return next((arg for arg in argv if arg in COMMANDS), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(_chosen_command(argv)).parse_args(argv)
     try:
-        if args.command == "demo":
-            demo.main_from_args(args)
+        importlib.import_module(COMMANDS[args.command][0]).main_from_args(args)
     except ValueError as error:
         print(f"dmlscale {args.command}: error: {error}", file=sys.stderr)
         return 2
