@@ -14,6 +14,7 @@ import sys
 # name -> (module, one-line help). Add a command by adding a line here.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("dmlscale.demo", "train a small embedder on real digits with a dmlscale loss"),
+    "shards": ("dmlscale.data.shards_cli", "write WebDataset tar shards (real digits, an image folder, a CSV/JSONL table)"),
 }
 
 
