@@ -18,6 +18,10 @@ _EXPORTS: dict[str, str] = {
     "DIGIT_CLASSNAMES": "dmlscale.data.sources",
     "TRAIN_CAPTION_TEMPLATES": "dmlscale.data.sources",
     "HELDOUT_TEMPLATES": "dmlscale.data.sources",
+    "make_loader": "dmlscale.data.pipeline",
+    "Loader": "dmlscale.data.pipeline",
+    "DirtyDataError": "dmlscale.data.skip_log",
+    "list_shards": "dmlscale.data.shard_list",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,68 @@
+"""Count skipped samples, log them at a limited rate, and stop the run when too many are bad.
+
+Each reader (one per DataLoader worker, or the main process) owns one SkipLog. Logging never sleeps:
+the first skip is logged at once, later ones are summed and reported at most once per interval.
+The threshold compares skipped with seen samples once `check_after` samples have been seen, so a
+single bad sample at the start of an epoch does not stop a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+
+LOG = logging.getLogger("dmlscale.data")
+
+
+class DirtyDataError(RuntimeError):
+    """Too large a fraction of the samples was unreadable; the message names the worst shards."""
+
+
+class SkipLog:
+    def __init__(self, *, max_skip_fraction: float, check_after: int, log_interval_s: float,
+                 where: str = "", clock=time.monotonic):
+        self.max_skip_fraction, self.check_after = max_skip_fraction, check_after
+        self.log_interval_s, self.where, self.clock = log_interval_s, where, clock
+        self.num_seen = 0
+        self.by_reason: Counter[str] = Counter()
+        self.by_shard: Counter[str] = Counter()
+        self._unlogged: Counter[str] = Counter()
+        self._last_log = None
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(self.by_reason.values())
+
+    def saw_good(self) -> None:
+        self.num_seen += 1
+
+    def skip(self, reason: str, shard_path: str, key: str) -> None:
+        """Record one bad sample, log if due, and raise DirtyDataError past the threshold."""
+        self.num_seen += 1
+        self.by_reason[reason] += 1
+        self.by_shard[shard_path] += 1
+        self._unlogged[reason] += 1
+        now = self.clock()
+        if self._last_log is None or now - self._last_log >= self.log_interval_s:
+            reasons = ", ".join(f"{count} {name}" for name, count in sorted(self._unlogged.items()))
+            LOG.warning("%sskipped %s (last: %r in %s); %d skipped of %d seen so far", self.where, reasons,
+                        key, os.path.basename(shard_path), self.num_skipped, self.num_seen)
+            self._unlogged.clear()
+            self._last_log = now
+        self.check()
+
+    def check(self) -> None:
+        if self.num_seen < self.check_after or self.num_skipped <= self.max_skip_fraction * self.num_seen:
+            return
+        worst = ", ".join(f"{path} ({count})" for path, count in self.by_shard.most_common(10))
+        reasons = ", ".join(f"{name}: {count}" for name, count in sorted(self.by_reason.items()))
+        raise DirtyDataError(
+            f"{self.where}{self.num_skipped} of {self.num_seen} samples were skipped "
+            f"({self.num_skipped / self.num_seen:.1%} > max_skip_fraction={self.max_skip_fraction}); "
+            f"reasons: {reasons}; shards with skips: {worst}")
+
+    def snapshot(self) -> dict:
+        """Picklable counters, sent along with each batch to the main process."""
+        return {"seen": self.num_seen, "by_reason": dict(self.by_reason), "by_shard": dict(self.by_shard)}

@@ -1,0 +1,99 @@
+"""Read img2dataset-style tar shards sample by sample, by position, without ever raising on bad data.
+
+A sample is a run of consecutive members sharing a key (the member name up to the first dot of its
+base name); its position is its index among such runs in the tar, the same count that sizes.json
+gives. Samples never span two tars: members of one key split across a tar boundary give two
+incomplete samples, both skipped, instead of one silently merged sample. A key seen twice in one tar,
+or a field repeated within a sample, marks the sample as a duplicate. A tar that ends early (or cannot
+be read at all) yields a "truncated tar" problem for every planned position it no longer holds, and
+for its last sample read (tarfile ends quietly on a cut header, so that sample may be incomplete).
+Reading uses the tar's random-access mode, so positions before `start` cost a header read each.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+TRUNCATED = "truncated tar"
+DUPLICATE = "duplicate key"
+_READ_ERRORS = (tarfile.TarError, EOFError, OSError, ValueError)
+
+
+@dataclass
+class RawSample:
+    """One sample as stored: its fields' bytes by lower-cased extension, or the problem that spoils it."""
+
+    shard: int  # index into the ShardSet
+    index: int  # position in the tar
+    key: str
+    fields: dict[str, bytes] = field(default_factory=dict)
+    problem: str | None = None
+
+
+def split_name(name: str) -> tuple[str, str] | None:
+    """(key, extension) of a member name, or None for names without an extension."""
+    slash = name.rfind("/")
+    dot = name.find(".", slash + 1)
+    if dot <= slash + 1:
+        return None
+    return name[:dot], name[dot + 1:].lower()
+
+
+def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    for member in tar:
+        if member.isfile() and split_name(member.name) is not None:
+            yield member
+
+
+def read_samples(path: str, shard: int, start: int, stop: int) -> Iterator[RawSample]:
+    """Yield the samples at positions start..stop-1 of the tar at `path`, in order, exactly
+    stop - start of them: missing positions come back with problem TRUNCATED."""
+    position, current, seen_keys = -1, None, set()
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for member in _members(tar):
+                key, extension = split_name(member.name)
+                if current is None or key != current.key:
+                    if current is not None and position >= start:
+                        yield current
+                    position += 1
+                    if position >= stop:
+                        return
+                    current = RawSample(shard, position, key)
+                    if key in seen_keys:
+                        current.problem = DUPLICATE
+                    seen_keys.add(key)
+                if position < start or current.problem is not None:
+                    continue
+                if extension in current.fields:
+                    current.problem = DUPLICATE
+                    current.fields = {}
+                    continue
+                current.fields[extension] = tar.extractfile(member).read(member.size)
+                if len(current.fields[extension]) != member.size:
+                    raise EOFError(f"short read of {member.name}")
+    except _READ_ERRORS:
+        if current is not None:
+            current.problem, current.fields = TRUNCATED, {}
+    if current is not None and start <= position < stop:
+        if position + 1 < stop:  # the tar ended short of its planned count: its last sample may be cut
+            current.problem, current.fields = TRUNCATED, {}
+        yield current
+    for missing in range(max(position + 1, start), stop):
+        yield RawSample(shard, missing, "", problem=TRUNCATED)
+
+
+def count_samples(path: str) -> int:
+    """Number of samples (key runs) readable in the tar at `path`, reading headers only."""
+    count, last_key = 0, None
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for member in _members(tar):
+                key = split_name(member.name)[0]
+                if key != last_key:
+                    count, last_key = count + 1, key
+    except _READ_ERRORS:
+        pass  # a truncated tar holds what was read before the damage
+    return count
