@@ -7,6 +7,7 @@ For each anchor i with a positive and a negative in the (reference) batch:
     L_i = [d_{i p*(i)} - d_{i n*(i)} + margin]_+          (s_in* - s_ip* + margin for a similarity)
 reduced like TripletMarginLoss (default: mean over the non-zero L_i). It is exactly
 TripletMarginLoss fed the triplets of BatchHardMiner; `smooth_loss=True` gives the soft-margin variant.
+With `tiled` (automatic at max(B, R) >= tiled_threshold) both the mining and the loss are streamed.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ class BatchHardTripletLoss(TripletMarginLoss):
                 f"got triplets_per_anchor={kwargs['triplets_per_anchor']!r}"
             )
         super().__init__(margin=margin, swap=swap, smooth_loss=smooth_loss, **kwargs)
-        self.miner = BatchHardMiner(distance=self.distance)
+        self.miner = BatchHardMiner(distance=self.distance, tiled=self.tiled, tile_size=self.tile_size,
+                                    tiled_threshold=self.tiled_threshold)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
         if indices_tuple is not None:

@@ -2,6 +2,9 @@
 
 Legend: B queries, R references, mat_BR the distance matrix, pos_BR / neg_BR 0/1 masks of the
 positive / negative pairs, *_B one value per query row.
+
+MultiSimilarityLoss from labels has a streamed path (`tiled`, automatic at max(B, R) >=
+tiled_threshold): per-row online log-sum-exps over tiles (losses/streamed_pairs.py), no B x R matrix.
 """
 
 from __future__ import annotations
@@ -11,8 +14,12 @@ import torch.nn.functional as F
 
 from dmlscale.distances import CosineSimilarity
 from dmlscale.losses.logsumexp import masked_logsumexp
-from dmlscale.losses.pair import GenericPairLoss
+from dmlscale.losses.distance_tiles import normalised_pair
+from dmlscale.losses.pair import GenericPairLoss, streams_from_labels
 from dmlscale.losses.reducers import AvgNonZeroReducer
+from dmlscale.losses.streamed_mining import negative_counts, positive_pairs
+from dmlscale.losses.streamed_pairs import streamed_multisim_rows
+from dmlscale.losses.tiled import DEFAULT_TILE, set_tiling, uses_tiles
 from dmlscale.param_checks import check_positive, check_real
 
 
@@ -30,7 +37,8 @@ class MultiSimilarityLoss(GenericPairLoss):
 
     uses_masks = True
 
-    def __init__(self, alpha: float = 2, beta: float = 50, base: float = 0.5, **kwargs) -> None:
+    def __init__(self, alpha: float = 2, beta: float = 50, base: float = 0.5, *, tiled: bool | None = None,
+                 tile_size: int = DEFAULT_TILE, tiled_threshold: int = 4096, **kwargs) -> None:
         super().__init__(**kwargs)
         owner = type(self).__name__
         check_positive(owner, "alpha", alpha)
@@ -38,9 +46,25 @@ class MultiSimilarityLoss(GenericPairLoss):
         check_real(owner, "base", base, finite=False)
         self.alpha, self.beta, self.base = alpha, beta, base
         self.add_to_recordable_attributes(list_of_names=["alpha", "beta", "base"], is_stat=False)
+        set_tiling(self, tiled, tile_size, tiled_threshold)
 
     def get_default_distance(self):
         return CosineSimilarity()
+
+    def uses_tiles(self, num_rows: int) -> bool:
+        return uses_tiles(self, num_rows)
+
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
+        if not streams_from_labels(self, embeddings, labels, indices_tuple, ref_emb):
+            return super().compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index)
+        num_pos = len(positive_pairs(labels, ref_labels, query_ref_index)[0])
+        if num_pos <= 1 and int(negative_counts(labels, ref_labels).sum()) <= 1:
+            return self.zero_losses()
+        q_BD, r_RD = normalised_pair(self.distance, embeddings, ref_emb)
+        losses_B = streamed_multisim_rows(self.distance, q_BD, r_RD, labels, ref_labels, query_ref_index,
+                                          alpha=self.alpha, beta=self.beta, base=self.base, tile=self.tile_size)
+        return {"loss": {"losses": losses_B, "indices": torch.arange(len(losses_B), device=losses_B.device),
+                         "reduction_type": "element"}}
 
     def mask_loss(self, mat_BR, pos_BR, neg_BR) -> dict:
         pos_excess_BR = self.distance.margin(mat_BR, self.base)  # > 0 when a positive is farther than base

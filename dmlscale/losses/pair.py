@@ -1,15 +1,31 @@
 """Pair losses: a shared pair-extraction step (GenericPairLoss) and the contrastive loss.
 
 Legend: B queries, R references, P positive pairs, N negative pairs; mat_BR the distance matrix.
+
+ContrastiveLoss from labels has a streamed path (`tiled`, automatic at max(B, R) >= tiled_threshold):
+the P positive pairs' values are computed directly and the B x R negatives are summed tile by tile
+as (sum, count) under the reducer's filter (losses/streamed_pairs.py); same value and gradient.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from dmlscale.indices import convert_to_pairs, pair_masks
 from dmlscale.losses.base import BaseMetricLossFunction
+from dmlscale.losses.distance_tiles import normalised_pair, paired_values
 from dmlscale.losses.reducers import AvgNonZeroReducer
+from dmlscale.losses.streamed_mining import negative_counts, positive_pairs
+from dmlscale.losses.streamed_pairs import streamed_negative_hinge
+from dmlscale.losses.streamed_totals import (
+    ReducesStreamedTotals,
+    sub_reducer,
+    supports_totals,
+    term_filter,
+    totals_entry,
+)
+from dmlscale.losses.tiled import DEFAULT_TILE, set_tiling, uses_tiles
 
 
 class GenericPairLoss(BaseMetricLossFunction):
@@ -37,14 +53,52 @@ class GenericPairLoss(BaseMetricLossFunction):
         raise NotImplementedError
 
 
-class ContrastiveLoss(GenericPairLoss):
+def streams_from_labels(loss, embeddings, labels, indices_tuple, ref_emb, totals_reducer=None) -> bool:
+    """Whether `loss` takes its streamed path: no indices_tuple, a large batch, and (for a streamed
+    (sum, count) entry) a `totals_reducer` that reduces it; with tiled=True another reducer is a ValueError."""
+    if indices_tuple is not None or labels is None or not uses_tiles(loss, max(len(embeddings), len(ref_emb))):
+        return False
+    if totals_reducer is not None and not supports_totals(totals_reducer):
+        if loss.tiled:
+            raise ValueError(f"{type(loss).__name__}(tiled=True) cannot stream with reducer "
+                             f"{type(totals_reducer).__name__}; use a Mean, Sum or Threshold reducer, or tiled=None/False")
+        return False
+    return True
+
+
+class ContrastiveLoss(ReducesStreamedTotals, GenericPairLoss):
     """L = [d_ap - m_pos]_+ over positive pairs, plus [m_neg - d_an]_+ over negative pairs
     (terms swapped for similarities); each part is reduced separately and the two are summed."""
 
-    def __init__(self, pos_margin: float = 0, neg_margin: float = 1, **kwargs) -> None:
+    def __init__(self, pos_margin: float = 0, neg_margin: float = 1, *, tiled: bool | None = None,
+                 tile_size: int = DEFAULT_TILE, tiled_threshold: int = 4096, **kwargs) -> None:
         super().__init__(**kwargs)
         self.pos_margin = pos_margin
         self.neg_margin = neg_margin
+        set_tiling(self, tiled, tile_size, tiled_threshold)
+
+    def uses_tiles(self, num_rows: int) -> bool:
+        return uses_tiles(self, num_rows)
+
+    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
+        neg_reducer = sub_reducer(self.reducer, "neg_loss")
+        if not streams_from_labels(self, embeddings, labels, indices_tuple, ref_emb, neg_reducer):
+            return super().compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index)
+        a_P, p_P = positive_pairs(labels, ref_labels, query_ref_index)
+        num_neg = int(negative_counts(labels, ref_labels).sum())
+        if len(a_P) <= 1 and num_neg <= 1:
+            return self.zero_losses()
+        q_BD, r_RD = normalised_pair(self.distance, embeddings, ref_emb)
+        pos_P = paired_values(self.distance, q_BD, r_RD, a_P, p_P)
+        no_pairs = torch.zeros(0, dtype=torch.long, device=embeddings.device)
+        neg_entry = {"losses": 0, "indices": (no_pairs, no_pairs), "reduction_type": "neg_pair"}
+        if num_neg > 0:
+            total, count = streamed_negative_hinge(self.distance, q_BD, r_RD, labels, ref_labels, query_ref_index,
+                                                   neg_margin=self.neg_margin, keep_fn=term_filter(neg_reducer),
+                                                   tile=self.tile_size)
+            neg_entry = totals_entry(total, count, "neg_pair", neg_reducer)
+        pos_loss = self.pair_loss(pos_P, pos_P[:0], (a_P, p_P, no_pairs, no_pairs), None)["pos_loss"]
+        return {"pos_loss": pos_loss, "neg_loss": neg_entry}
 
     def get_default_reducer(self):
         return AvgNonZeroReducer()

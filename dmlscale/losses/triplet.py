@@ -4,6 +4,11 @@ L(a, p, n) = [d_ap - d_an + margin]_+ for distances, [s_an - s_ap + margin]_+ fo
 `smooth_loss` uses softplus instead of the hinge, `swap` uses the positive-negative distance when it
 is the harder one. Triplets come from `indices_tuple`, or from labels: all of them
 (`triplets_per_anchor="all"`, enumerated without a dense B x R x R mask) or a random sample per anchor.
+
+Streamed path (`tiled`, chosen automatically from `max(B, R) >= tiled_threshold`): no B x R matrix.
+Given triplets, only their d_ap, d_an (and d_pn for `swap`) are computed (`paired_values`); all
+triplets from labels are summed by `streamed_batch_all` as (sum, count) under the reducer's filter.
+Same value and gradient as the materialised path.
 """
 
 from __future__ import annotations
@@ -13,16 +18,22 @@ import torch.nn.functional as F
 
 from dmlscale.indices import convert_to_triplets
 from dmlscale.losses.base import BaseMetricLossFunction
+from dmlscale.losses.distance_tiles import normalised_pair, paired_values
 from dmlscale.losses.reducers import AvgNonZeroReducer
+from dmlscale.losses.streamed_totals import ReducesStreamedTotals, supports_totals, term_filter, totals_entry
+from dmlscale.losses.streamed_triplet import streamed_batch_all
+from dmlscale.losses.tiled import DEFAULT_TILE, set_tiling, uses_tiles
 from dmlscale.param_checks import check_positive_int
 
 
-class TripletMarginLoss(BaseMetricLossFunction):
+class TripletMarginLoss(ReducesStreamedTotals, BaseMetricLossFunction):
     """Margin-based triplet loss (PML defaults: margin 0.05, Euclidean distance, AvgNonZero)."""
 
     def __init__(self, margin: float = 0.05, swap: bool = False, smooth_loss: bool = False,
-                 triplets_per_anchor: int | str = "all", **kwargs) -> None:
+                 triplets_per_anchor: int | str = "all", *, tiled: bool | None = None,
+                 tile_size: int = DEFAULT_TILE, tiled_threshold: int = 4096, **kwargs) -> None:
         super().__init__(**kwargs)
+        set_tiling(self, tiled, tile_size, tiled_threshold)
         check_positive_int(type(self).__name__, "triplets_per_anchor", triplets_per_anchor, alternatives=("all",))
         self.margin = margin
         self.swap = swap
@@ -32,18 +43,47 @@ class TripletMarginLoss(BaseMetricLossFunction):
     def get_default_reducer(self):
         return AvgNonZeroReducer()
 
+    def uses_tiles(self, num_rows: int) -> bool:
+        return uses_tiles(self, num_rows)
+
+    def streams_all_triplets(self) -> bool:
+        """Whether all triplets from labels can be summed streamed (else the materialised path runs)."""
+        problem = None
+        if not supports_totals(self.reducer):
+            problem = f"reducer {type(self.reducer).__name__}"
+        elif self.swap:
+            problem = "swap=True"
+        if problem is not None and self.tiled:
+            raise ValueError(f"{type(self).__name__}(tiled=True) cannot stream all triplets with {problem}; "
+                             "pass tiled=None/False, an indices_tuple, or a Mean/Sum/Threshold reducer without swap")
+        return problem is None
+
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
         self.require_labels(labels, indices_tuple)
+        streamed = self.uses_tiles(max(len(embeddings), len(ref_emb)))
+        if streamed and indices_tuple is None and self.triplets_per_anchor == "all" and self.streams_all_triplets():
+            q_BD, r_RD = normalised_pair(self.distance, embeddings, ref_emb)
+            total, count, _ = streamed_batch_all(
+                self.distance, q_BD, r_RD, labels, ref_labels, query_ref_index, margin=self.margin,
+                term_fn=self.per_triplet_loss, keep_fn=term_filter(self.reducer), tile=self.tile_size)
+            return {"loss": totals_entry(total, count, "triplet", self.reducer)}
         a_T, p_T, n_T = convert_to_triplets(indices_tuple, labels, ref_labels, self.triplets_per_anchor,
                                             query_ref_index=query_ref_index)
         if len(a_T) == 0:
             return self.zero_losses()
-        mat_BR = self.distance(embeddings, ref_emb)
-        ap_T = mat_BR[a_T, p_T]
-        an_T = mat_BR[a_T, n_T]
-        if self.swap:
-            ref_mat_RR = mat_BR if ref_emb is embeddings else self.distance(ref_emb)
-            an_T = self.distance.smallest_dist(an_T, ref_mat_RR[p_T, n_T])
+        if streamed:
+            q_BD, r_RD = normalised_pair(self.distance, embeddings, ref_emb)
+            ap_T = paired_values(self.distance, q_BD, r_RD, a_T, p_T)
+            an_T = paired_values(self.distance, q_BD, r_RD, a_T, n_T)
+            if self.swap:
+                an_T = self.distance.smallest_dist(an_T, paired_values(self.distance, r_RD, r_RD, p_T, n_T))
+        else:
+            mat_BR = self.distance(embeddings, ref_emb)
+            ap_T = mat_BR[a_T, p_T]
+            an_T = mat_BR[a_T, n_T]
+            if self.swap:
+                ref_mat_RR = mat_BR if ref_emb is embeddings else self.distance(ref_emb)
+                an_T = self.distance.smallest_dist(an_T, ref_mat_RR[p_T, n_T])
         loss_T = self.per_triplet_loss(self.distance.margin(ap_T, an_T) + self.margin)
         return {"loss": {"losses": loss_T, "indices": (a_T, p_T, n_T), "reduction_type": "triplet"}}
 

@@ -1,22 +1,42 @@
 """Batch-hard mining (Hermans et al. 2017): the farthest positive and the closest negative per anchor.
 
-Legend: B query rows; the returned tensors have one entry per anchor that has both.
+Legend: B query rows, R reference rows; the returned tensors have one entry per anchor that has both.
+With `tiled` (automatic at max(B, R) >= tiled_threshold) the picks are made tile by tile
+(`losses/streamed_mining.py`): the same triplets, no B x R matrix.
 """
 
 from __future__ import annotations
 
 from dmlscale.miners.batch_easy_hard import HARD, BatchEasyHardMiner
 
+DEFAULT_TILE = 1024
+
 
 class BatchHardMiner(BatchEasyHardMiner):
     """BatchEasyHardMiner with hard positives and hard negatives, returned as triplets (a, p, n)."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, *, tiled: bool | None = None, tile_size: int = DEFAULT_TILE, tiled_threshold: int = 4096,
+                 **kwargs) -> None:
         fixed = sorted(set(kwargs) & {"pos_strategy", "neg_strategy"})
         if fixed:
             raise ValueError(f"BatchHardMiner fixes both strategies to 'hard'; do not pass {fixed}")
         super().__init__(pos_strategy=HARD, neg_strategy=HARD, **kwargs)
+        from dmlscale.losses.tiled import set_tiling  # losses/ imports miners/: resolved at call time
+
+        set_tiling(self, tiled, tile_size, tiled_threshold)
 
     def mine(self, embeddings, labels, ref_emb, ref_labels, query_ref_index):
+        from dmlscale.losses.tiled import uses_tiles
+
+        if uses_tiles(self, max(len(embeddings), len(ref_emb))):
+            from dmlscale.losses.distance_tiles import normalised_pair
+            from dmlscale.losses.streamed_mining import streamed_hardest
+
+            q_BD, r_RD = normalised_pair(self.distance, embeddings, ref_emb)
+            a, p, n, pos_dist, neg_dist = streamed_hardest(
+                self.distance, q_BD, r_RD, labels, ref_labels, query_ref_index, self.tile_size,
+                self.allowed_pos_range, self.allowed_neg_range)
+            self.record_extremes(pos_dist, neg_dist)
+            return a, p, n
         a, p, _, n = super().mine(embeddings, labels, ref_emb, ref_labels, query_ref_index)
         return a, p, n

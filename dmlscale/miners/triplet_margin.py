@@ -4,11 +4,12 @@ Legend: T triplets; ap_T, an_T anchor-positive and anchor-negative values, gap_T
 (s_ap - s_an for a similarity: positive means the triplet is already ordered correctly).
 
 type_of_triplets:  all: gap <= margin   hard: gap <= 0   semihard: 0 < gap <= margin   easy: gap > margin
-Triplets are enumerated with `indices.all_triplets` (memory O(T), never a dense B x R x R mask).
+Triplets are enumerated with `indices.all_triplets` (memory O(T), never a dense B x R x R mask);
+with `tiled` (automatic at max(B, R) >= tiled_threshold) they are found tile by tile
+(`losses/streamed_mining.py`): the same triplets in the same order, no B x R matrix.
 """
 
 from __future__ import annotations
-
 
 from dmlscale.indices import all_triplets
 from dmlscale.miners.base import BaseMiner
@@ -17,11 +18,27 @@ from dmlscale.param_checks import check_real
 TRIPLET_TYPES = ("all", "hard", "semihard", "easy")
 
 
+def margin_keep(gap, margin: float, type_of_triplets: str):
+    """The test on gap = d_an - d_ap (s_ap - s_an for a similarity) of each type_of_triplets."""
+    if type_of_triplets == "easy":
+        return gap > margin
+    keep = gap <= margin
+    if type_of_triplets == "hard":
+        keep &= gap <= 0
+    elif type_of_triplets == "semihard":
+        keep &= gap > 0
+    return keep
+
+
 class TripletMarginMiner(BaseMiner):
     """Triplets (a, p, n) that violate (or, for "easy", satisfy) the margin; PML order (a, then p, then n)."""
 
-    def __init__(self, margin: float = 0.2, type_of_triplets: str = "all", **kwargs) -> None:
+    def __init__(self, margin: float = 0.2, type_of_triplets: str = "all", *, tiled: bool | None = None,
+                 tile_size: int = 1024, tiled_threshold: int = 4096, **kwargs) -> None:
         super().__init__(**kwargs)
+        from dmlscale.losses.tiled import set_tiling  # losses/ imports miners/: resolved at call time
+
+        set_tiling(self, tiled, tile_size, tiled_threshold)
         check_real(type(self).__name__, "margin", margin, finite=False)
         if type_of_triplets not in TRIPLET_TYPES:
             raise ValueError(f"type_of_triplets must be one of {TRIPLET_TYPES}, got {type_of_triplets!r}")
@@ -32,6 +49,19 @@ class TripletMarginMiner(BaseMiner):
         )
 
     def mine(self, embeddings, labels, ref_emb, ref_labels, query_ref_index):
+        from dmlscale.losses.tiled import uses_tiles
+
+        if uses_tiles(self, max(len(embeddings), len(ref_emb))):
+            from dmlscale.losses.distance_tiles import normalised_pair
+            from dmlscale.losses.streamed_mining import streamed_margin_triplets
+
+            q_BD, r_RD = normalised_pair(self.distance, embeddings, ref_emb)
+            triplets, stats = streamed_margin_triplets(self.distance, q_BD, r_RD, labels, ref_labels,
+                                                       query_ref_index, self.margin, self.type_of_triplets,
+                                                       self.tile_size)
+            if self.collect_stats:
+                self.set_stats(stats)
+            return triplets
         a_T, p_T, n_T = all_triplets(labels, ref_labels, query_ref_index)
         mat_BR = self.distance(embeddings, ref_emb)
         ap_T = mat_BR[a_T, p_T]
@@ -40,12 +70,5 @@ class TripletMarginMiner(BaseMiner):
         if self.collect_stats:
             self.set_stats({"pos_pair_dist": ap_T.mean().item(), "neg_pair_dist": an_T.mean().item(),
                             "avg_triplet_margin": gap_T.mean().item()})
-        if self.type_of_triplets == "easy":
-            keep_T = gap_T > self.margin
-        else:
-            keep_T = gap_T <= self.margin
-            if self.type_of_triplets == "hard":
-                keep_T &= gap_T <= 0
-            elif self.type_of_triplets == "semihard":
-                keep_T &= gap_T > 0
+        keep_T = margin_keep(gap_T, self.margin, self.type_of_triplets)
         return a_T[keep_T], p_T[keep_T], n_T[keep_T]
