@@ -31,6 +31,7 @@ from dmlscale.distributed.collectives import (
 )
 from dmlscale.indices import tuple_to_reference_rows
 from dmlscale.losses.base import BaseMetricLossFunction
+from dmlscale.losses.streamed_totals import TOTAL_KEY, supports_totals
 from dmlscale.losses.reducers import (
     BaseReducer,
     DoNothingReducer,
@@ -49,6 +50,9 @@ def _element_sum_and_count(reducer: BaseReducer, loss_info: dict, embeddings: to
         return zero, (None if isinstance(reducer, SumReducer) else 0)
     if reduction_type == "already_reduced":
         raise ValueError("a loss that returns an already reduced value cannot be reduced across ranks exactly")
+    if TOTAL_KEY in loss_info and supports_totals(reducer):  # streamed (sum, count): no per-term mask
+        total, count = loss_info[TOTAL_KEY]
+        return total + torch.sum(embeddings * 0), (None if isinstance(reducer, SumReducer) else count)
     losses = losses.reshape(-1)
     if isinstance(reducer, SumReducer):
         return losses.sum(), None
