@@ -22,7 +22,7 @@ from dmlscale.distributed.collectives import (
 )
 from dmlscale.losses.clip import check_pair_features, check_scale, clip_row_losses
 from dmlscale.losses.siglip import siglip_row_loss_sum
-from dmlscale.losses.tiled import TiledPairLoss, clip_lse, scalar_value, tiled_clip_sum
+from dmlscale.losses.tiled import TiledPairLoss, clip_lse, scalar_value, tiled_clip_sum, tiled_siglip_sum
 
 
 def _global_value(local_sum: torch.Tensor, denominator: int, group) -> torch.Tensor:
@@ -34,13 +34,15 @@ def _global_value(local_sum: torch.Tensor, denominator: int, group) -> torch.Ten
 
 
 def _gather_texts(image_features, text_features, group):
-    """(all texts with gradient, global row of each local pair, global pair count, per-rank sizes)."""
+    """(all texts with gradient, global row of each local pair, global pair count, per-rank sizes, this
+    rank's first global row)."""
     rank, _ = world_rank_and_size(group)
     check_pair_features(image_features, text_features)
     sizes = gather_sizes(text_features, group, name="text_features")
     all_text = all_gather_with_grad(text_features, group, sizes=sizes)
-    rows_n = torch.arange(image_features.shape[0], device=image_features.device) + global_offsets(sizes)[rank]
-    return all_text, rows_n, sum(sizes), sizes
+    offset = global_offsets(sizes)[rank]
+    rows_n = torch.arange(image_features.shape[0], device=image_features.device) + offset
+    return all_text, rows_n, sum(sizes), sizes, offset
 
 
 class DistributedClipLoss(TiledPairLoss):
@@ -60,9 +62,9 @@ class DistributedClipLoss(TiledPairLoss):
         check_scale("logit_scale", logit_scale)
         if logit_bias is not None:
             check_scale("logit_bias", logit_bias)
-        all_text, rows_n, total, sizes = _gather_texts(image_features, text_features, self.group)
+        all_text, rows_n, total, sizes, offset = _gather_texts(image_features, text_features, self.group)
         if self.uses_tiles(total):
-            local_sum = self._tiled_local_sum(image_features, all_text, logit_scale, logit_bias, int(rows_n[0]))
+            local_sum = self._tiled_local_sum(image_features, all_text, logit_scale, logit_bias, offset)
         else:
             all_image = all_gather_with_grad(image_features, self.group, sizes=sizes)
             local_sum = (clip_row_losses(image_features, all_text, rows_n, logit_scale, logit_bias).sum()
@@ -79,17 +81,25 @@ class DistributedClipLoss(TiledPairLoss):
                               self.tile_size)
 
 
-class DistributedSigLipLoss(torch.nn.Module):
-    """SigLipLoss over the global batch: every image against every text of every rank."""
+class DistributedSigLipLoss(TiledPairLoss):
+    """SigLipLoss over the global batch: every image against every text of every rank.
 
-    def __init__(self, group=None) -> None:
-        super().__init__()
+    At `tiled_threshold` global pairs and above (see TiledPairLoss) each rank streams its n image rows
+    against the gathered texts tile by tile (every pair is its own term: no statistics to combine), so
+    no rank holds more than a tile of the matrix.
+    """
+
+    def __init__(self, group=None, **tiling) -> None:
+        super().__init__(**tiling)
         self.group = group
 
     def forward(self, image_features, text_features, logit_scale, logit_bias, output_dict: bool = False):
         check_scale("logit_scale", logit_scale)
         check_scale("logit_bias", logit_bias)
-        all_text, rows_n, total, _ = _gather_texts(image_features, text_features, self.group)
-        local_sum = siglip_row_loss_sum(image_features, all_text, rows_n, logit_scale, logit_bias)
+        all_text, rows_n, total, _, offset = _gather_texts(image_features, text_features, self.group)
+        if self.uses_tiles(total):
+            local_sum = tiled_siglip_sum(image_features, all_text, logit_scale, logit_bias, offset, self.tile_size)
+        else:
+            local_sum = siglip_row_loss_sum(image_features, all_text, rows_n, logit_scale, logit_bias)
         loss = _global_value(local_sum, total, self.group)
         return {"contrastive_loss": loss} if output_dict else loss

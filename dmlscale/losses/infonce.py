@@ -15,6 +15,7 @@ from dmlscale.losses.logsumexp import masked_logsumexp
 from dmlscale.losses.pair import GenericPairLoss
 from dmlscale.losses.reducers import AvgNonZeroReducer
 from dmlscale.losses.tiled import set_tiling, uses_tiles
+from dmlscale.losses.tiled_ntxent import label_positive_pairs, similarity_tile_fn, tiled_ntxent_pair_losses
 from dmlscale.losses.tiled_supcon import tiled_supcon_row_losses
 from dmlscale.param_checks import check_positive
 
@@ -33,19 +34,29 @@ class NTXentLoss(GenericPairLoss):
     an indices_tuple repeats a pair) and tiny = finfo(dtype).tiny. Equal to PML's NTXentLoss in value
     and gradient, but the negative sums are taken once per anchor row from a B x R count matrix, so
     memory is O(B*R + P) instead of PML's O(P*N) = O(B^3) positive x negative tensor.
+
+    `tiled`: None streams the matrix tile by tile (losses/tiled_ntxent.py, memory O((B + R) D + P +
+    tile_size^2)) when max(B, R) >= `tiled_threshold`; True/False force either path, same numbers.
     """
 
-    def __init__(self, temperature: float = 0.07, **kwargs) -> None:
+    def __init__(self, temperature: float = 0.07, *, tiled: bool | None = None, tile_size: int = 1024,
+                 tiled_threshold: int = 4096, **kwargs) -> None:
         super().__init__(**kwargs)
         check_positive(type(self).__name__, "temperature", temperature)
         self.temperature = temperature
         self.add_to_recordable_attributes(list_of_names=["temperature"], is_stat=False)
+        set_tiling(self, tiled, tile_size, tiled_threshold)
 
     def get_default_distance(self):
         return CosineSimilarity()
 
+    def uses_tiles(self, num_rows: int) -> bool:
+        return uses_tiles(self, num_rows)
+
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
         self.require_labels(labels, indices_tuple)
+        if self.uses_tiles(max(len(embeddings), len(ref_emb))):
+            return self.tiled_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index)
         if indices_tuple is None:
             # every pair from labels: positives as a short index list, negatives as the boolean mask
             # itself (never the B*R-long list of negative pairs)
@@ -66,6 +77,31 @@ class NTXentLoss(GenericPairLoss):
         logits_BR = similarity_logits(self, self.distance(embeddings, ref_emb))
         losses_P = ntxent_pair_losses(logits_BR, a1_P, p_P, neg_BR, neg_count_BR)
         return {"loss": {"losses": losses_P, "indices": (a1_P, p_P), "reduction_type": "pos_pair"}}
+
+    def tiled_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
+        """The same per-pair losses, streamed tile by tile: no B x R matrix (pairs listed by the tuple or,
+        from labels, only the positive pairs)."""
+        if indices_tuple is None:
+            num_pos, num_neg = pair_counts(labels, ref_labels, query_ref_index)
+            if (num_pos <= 1 and num_neg <= 1) or num_pos == 0 or num_neg == 0:
+                return self.zero_losses()
+            a1_P, p_P = label_positive_pairs(labels, ref_labels, query_ref_index)
+            neg_spec = ("labels", labels, ref_labels)
+        else:
+            a1_P, p_P, a2_N, n_N = convert_to_pairs(indices_tuple, labels, ref_labels, query_ref_index)
+            if all(len(x) <= 1 for x in (a1_P, p_P, a2_N, n_N)) or len(a1_P) == 0 or len(a2_N) == 0:
+                return self.zero_losses()
+            neg_spec = ("pairs", a2_N, n_N)
+        query_BD, ref_RD = normalized_pair(self.distance, embeddings, ref_emb)
+        losses_P = tiled_ntxent_pair_losses(query_BD, ref_RD, a1_P, p_P, neg_spec,
+                                            similarity_tile_fn(self.distance, self.temperature), self.tile_size)
+        return {"loss": {"losses": losses_P, "indices": (a1_P, p_P), "reduction_type": "pos_pair"}}
+
+
+def normalized_pair(distance, embeddings, ref_emb):
+    """(queries, references) after the distance's optional normalisation, shared when they are the same."""
+    query_BD = distance.maybe_normalize(embeddings)
+    return query_BD, (query_BD if ref_emb is embeddings else distance.maybe_normalize(ref_emb))
 
 
 def ntxent_pair_losses(logits_BR, a1_P, p_P, neg_BR, neg_count_BR=None) -> torch.Tensor:
@@ -99,6 +135,8 @@ class SupConLoss(GenericPairLoss):
         L_a = -1/|P(a)| sum_{p in P(a)} ( l_ap - log sum_{r in P(a) U N(a)} exp(l_ar) )
 
     (rows without positives give 0 and are dropped by the default AvgNonZeroReducer).
+    `tiled`: None streams the matrix (losses/tiled_supcon.py) when max(B, R) >= `tiled_threshold`, so a
+    rank's few local rows against a large gathered batch stream too; True/False force either path.
     """
 
     uses_masks = True
@@ -125,7 +163,7 @@ class SupConLoss(GenericPairLoss):
             return super().compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index)
         # from labels, the masks come straight from label equality (no list of all B*R pairs)
         self.require_labels(labels, indices_tuple)
-        if self.uses_tiles(len(embeddings)):
+        if self.uses_tiles(max(len(embeddings), len(ref_emb))):
             return self.tiled_loss(embeddings, labels, ref_emb, ref_labels, query_ref_index)
         same_BR, diff_BR = matches_and_diffs(labels, ref_labels, query_ref_index)
         if int(same_BR.sum()) <= 1 and int(diff_BR.sum()) <= 1:
@@ -150,17 +188,10 @@ class SupConLoss(GenericPairLoss):
         num_pos, num_neg = pair_counts(labels, ref_labels, query_ref_index)
         if (num_pos <= 1 and num_neg <= 1) or num_pos == 0 or num_neg == 0:
             return self.zero_losses()
-        query_BD = self.distance.maybe_normalize(embeddings)
-        ref_RD = query_BD if ref_emb is embeddings else self.distance.maybe_normalize(ref_emb)
-        distance, sign = self.distance, (1.0 if self.distance.is_inverted else -1.0)
-
-        def logits_fn(q_TD, r_TD):
-            mat_TT = distance.compute_mat(q_TD, r_TD)
-            return sign * (mat_TT if distance.power == 1 else mat_TT**distance.power) / self.temperature
-
+        query_BD, ref_RD = normalized_pair(self.distance, embeddings, ref_emb)
         self_index_B = torch.full_like(labels, -1) if query_ref_index is None else query_ref_index
-        losses_B = tiled_supcon_row_losses(query_BD, ref_RD, labels, ref_labels, self_index_B, logits_fn,
-                                           self.tile_size)
+        losses_B = tiled_supcon_row_losses(query_BD, ref_RD, labels, ref_labels, self_index_B,
+                                           similarity_tile_fn(self.distance, self.temperature), self.tile_size)
         indices_B = torch.arange(len(embeddings), device=embeddings.device)
         return {"loss": {"losses": losses_B, "indices": indices_B, "reduction_type": "element"}}
 
