@@ -1,0 +1,207 @@
+"""Turn a Config into the run's parts: shards, model, tokenizer, image transform, loader and loss.
+
+Each builder takes the section it needs, so the trainer reads as a list of steps. Nothing here
+starts communication except `prepare_shards` (rank 0 writes the digits, the others wait).
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from dmlscale.train.config import Config, DataConfig, LossConfig
+
+SIGLIP_INIT_LOGIT_SCALE = math.log(10)  # SigLIP's initialisation: t = 10, b = -10
+SIGLIP_INIT_LOGIT_BIAS = -10.0
+
+
+def split_shards(data: DataConfig, split: str) -> list[str]:
+    """The shard files of `split` ("train" or "test"): the configured pattern, or every .tar in root/split."""
+    pattern = data.train_shards if split == "train" else data.eval_shards
+    if pattern is not None:
+        return [pattern]
+    paths = sorted(glob.glob(os.path.join(data.root, split, "*.tar")))
+    if not paths:
+        key = "data.train_shards" if split == "train" else "data.eval_shards"
+        raise ValueError(f"no shards in {os.path.join(data.root, split)!r}; set data.root, {key}, "
+                         f"or data.source=digits to write them")
+    return paths
+
+
+def prepare_shards(data: DataConfig, *, rank: int, barrier) -> None:
+    """Write the digits shards under data.root unless both splits are complete (sizes.json present).
+    The split and captions use the shards command's fixed seed, whatever the run's seed: the held-out
+    digits stay the same for every run."""
+    if data.source != "digits":
+        return
+    complete = all((Path(data.root) / split / "sizes.json").is_file() for split in ("train", "test"))
+    if not complete and rank == 0:
+        from dmlscale.cli import main as cli_main
+
+        code = cli_main(["shards", "--source", "digits", "--output", data.root,
+                         "--image-size", str(data.image_size), "--no-progress"])
+        if code != 0:
+            raise RuntimeError(f"writing the digits shards to {data.root!r} failed (exit code {code})")
+    barrier()  # unconditionally: a rank that started late may already see the shards rank 0 just wrote
+
+
+def model_family(config: Config) -> str:
+    if config.data.task == "image_label":
+        return "embedder"
+    return "tower_clip" if config.model.text_tower is not None else "open_clip"
+
+
+def build_run_model(config: Config) -> torch.nn.Module:
+    """The model the registry builds for this config (same initial weights on every rank: same seed)."""
+    from dmlscale.models import build_model
+
+    model_config = config.model
+    family = model_family(config)
+    siglip = config.loss.name == "siglip"
+    if family == "embedder":
+        return build_model(family, model_config.name, embedding_dim=model_config.embed_dim or 128,
+                           pretrained=model_config.pretrained)
+    if family == "tower_clip":
+        text_dir = None if model_config.text_tower == "minilm" else model_config.text_tower
+        return build_model(family, model_config.name, text_tower_dir=text_dir, freeze_text=model_config.freeze_text,
+                           init_logit_bias=SIGLIP_INIT_LOGIT_BIAS if siglip else None)
+    options = {"init_logit_bias": SIGLIP_INIT_LOGIT_BIAS, "init_logit_scale": SIGLIP_INIT_LOGIT_SCALE} if siglip else {}
+    model = build_model(family, model_config.name, pretrained=model_config.pretrained, **options)
+    if model_config.freeze_text:
+        for name, param in model.named_parameters():
+            if not name.startswith("visual.") and name not in ("logit_scale", "logit_bias"):
+                param.requires_grad_(False)
+    return model
+
+
+class OpenClipTokenizer:
+    """open_clip's BPE tokenizer at the model's context length; a class so loader workers can pickle it."""
+
+    def __init__(self, context_length: int):
+        self.context_length = context_length
+        self._tokenizer = None
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        if self._tokenizer is None:
+            from open_clip.tokenizer import SimpleTokenizer
+
+            self._tokenizer = SimpleTokenizer(context_length=self.context_length)
+        return self._tokenizer(texts)
+
+    def __getstate__(self) -> dict:
+        return {"context_length": self.context_length, "_tokenizer": None}
+
+
+def tokenizer_for(model: torch.nn.Module, *, context_length: int):
+    """(tokenizer for the loader, context length): a transformers text tower's own tokenizer at
+    `context_length`, else open_clip's at the model's context length."""
+    text = getattr(model, "text", None)
+    if hasattr(text, "tokenizer") and hasattr(text, "tokenize"):
+        return text.tokenizer(), context_length
+    context_length = int(getattr(model, "context_length", 77))
+    return OpenClipTokenizer(context_length), context_length
+
+
+def tokenize_fn(tokenizer, context_length: int):
+    """list[str] -> token ids [B, L], as the loader makes them (for the zero-shot classifier)."""
+    from dmlscale.data.text_encoding import TextEncoder
+
+    encoder = TextEncoder(tokenizer, context_length=context_length)
+    return lambda texts: encoder(texts)["text"]
+
+
+def image_transform(image_size: int, *, crop_scale: float = 1.0):
+    """PIL image -> normalised C x H x W tensor: open_clip's eval preprocessing, or with crop_scale < 1 its
+    training one (a random resized crop of at least that area share). Picklable, for loader workers."""
+    import open_clip
+
+    if crop_scale >= 1:
+        return open_clip.image_transform(image_size, is_train=False)
+    return open_clip.image_transform(image_size, is_train=True, aug_cfg={"scale": (crop_scale, 1.0)})
+
+
+def build_loss(loss: LossConfig, *, embedding_size: int | None = None) -> torch.nn.Module:
+    """The distributed loss: every rank's rows against the global batch (exact on one process too)."""
+    from dmlscale import losses, miners
+    from dmlscale.distributed import (DistributedClipLoss, DistributedCrossBatchMemory, DistributedLoss,
+                                      DistributedSigLipLoss)
+
+    tiling = {} if loss.tiled is None else {"tiled": loss.tiled}
+    if loss.name == "clip":
+        return DistributedClipLoss(**tiling)
+    if loss.name == "siglip":
+        return DistributedSigLipLoss(**tiling)
+    pure = {
+        "ntxent": lambda: losses.NTXentLoss(temperature=loss.temperature, **tiling),
+        "supcon": lambda: losses.SupConLoss(temperature=loss.temperature, **tiling),
+        "triplet": lambda: losses.TripletMarginLoss(margin=loss.margin),
+        "contrastive": lambda: losses.ContrastiveLoss(),
+        "multisimilarity": lambda: losses.MultiSimilarityLoss(),
+    }[loss.name]()
+    miner = None if loss.miner is None else {
+        "batch_hard": lambda: miners.BatchHardMiner(),
+        "triplet_margin": lambda: miners.TripletMarginMiner(margin=loss.margin, type_of_triplets="semihard"),
+        "multisimilarity": lambda: miners.MultiSimilarityMiner(),
+        "pair_margin": lambda: miners.PairMarginMiner(),
+    }[loss.miner]()
+    if loss.memory_size:
+        if embedding_size is None:
+            raise ValueError("loss.memory_size needs the model's embedding size")
+        memory = losses.CrossBatchMemory(pure, embedding_size, memory_size=loss.memory_size, miner=miner)
+        return DistributedCrossBatchMemory(memory)
+    return DistributedLoss(pure, miner=miner)
+
+
+def make_train_loader(config: Config, rank: int, world_size: int, transform, tokenizer, context_length: int):
+    """The training loader: every sample once per epoch, equal batch counts on every rank."""
+    from dmlscale.data.pipeline import make_loader
+
+    data = config.data
+    return make_loader(split_shards(data, "train"), batch_size=data.batch_size, rank=rank, world_size=world_size,
+                       num_workers=data.num_workers, seed=config.seed, mode="epoch", task=data.task,
+                       image_transform=transform, tokenizer=tokenizer, context_length=context_length or 77,
+                       shuffle_buffer=data.shuffle_buffer)
+
+
+def build_run_engine(config: Config, model: torch.nn.Module, device: torch.device, *, local_rank: int):
+    """The DeepSpeed engine; gradient-caching chunks are its micro-batches."""
+    from dmlscale.train.engine import build_engine
+
+    # DeepSpeed insists on LOCAL_RANK, which only torchrun sets; a single process or an srun task has its
+    # local rank from world_info_from_env.
+    os.environ.setdefault("LOCAL_RANK", str(local_rank))
+    optim, train = config.optim, config.train
+    return build_engine(model.to(device), zero_stage=train.zero_stage, precision=train.precision, lr=optim.lr,
+                        weight_decay=optim.weight_decay, betas=optim.betas, eps=optim.eps,
+                        gradient_clipping=optim.grad_clip, warmup_steps=optim.warmup_steps, total_steps=train.steps,
+                        min_lr_ratio=optim.min_lr_ratio,
+                        micro_batch_size=config.data.batch_size // train.grad_cache_chunks,
+                        grad_accum_steps=train.grad_cache_chunks)
+
+
+def zero_shot_classnames(config: Config) -> list[str] | None:
+    """Class names by label for the zero-shot classifier (None: no zero-shot evaluation)."""
+    if not config.eval.zero_shot or config.data.task != "image_text":
+        return None
+    if config.eval.classnames is not None:
+        return config.eval.classnames
+    if config.data.source == "digits":
+        from dmlscale.data import DIGIT_CLASSNAMES
+
+        return list(DIGIT_CLASSNAMES)
+    return None
+
+
+def zero_shot_templates(config: Config) -> list[str]:
+    """eval.templates resolved: the digits' held-out or training templates, both, or the given list."""
+    from dmlscale.data import HELDOUT_TEMPLATES, TRAIN_CAPTION_TEMPLATES
+
+    chosen = config.eval.templates
+    if isinstance(chosen, list):
+        return chosen
+    return {"heldout": list(HELDOUT_TEMPLATES), "train": list(TRAIN_CAPTION_TEMPLATES),
+            "both": list(TRAIN_CAPTION_TEMPLATES) + list(HELDOUT_TEMPLATES)}[chosen]

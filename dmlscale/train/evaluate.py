@@ -1,0 +1,118 @@
+"""Score a model on evaluation shards: zero-shot top-1 and retrieval (image-text), or precision@1 and
+MAP@R (image-label). Used by the trainer (periodic and final) and by `dmlscale eval`.
+
+Legend: n rows embedded on this rank, D embedding size. Every sample is read exactly once: rank r
+decodes samples r, r + W, r + 2W, ... of the shards in order (the training loader drops a tail so that
+ranks stay equal; evaluation must not). Scores are computed on rank 0 over all ranks' rows and
+returned on every rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+
+from dmlscale.data.decode import BadSample, decode_sample
+from dmlscale.data.shard_list import list_shards
+from dmlscale.data.tar_reader import read_samples
+
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+def eval_batches(shards: Sequence[str], *, rank: int, world_size: int, batch_size: int, image_transform: Callable,
+                 max_samples: int = 0) -> Iterator[dict]:
+    """Batches {"image": [n, C, H, W], "caption": [str] or None, "label": LongTensor or None} of this
+    rank's share of the shards' samples; samples without an image are skipped."""
+    shard_set = list_shards(list(shards))
+    images, captions, labels, position = [], [], [], -1
+
+    def flush():
+        batch = {"image": torch.stack(images),
+                 "caption": list(captions) if all(c is not None for c in captions) else None,
+                 "label": torch.tensor(labels) if all(label is not None for label in labels) else None}
+        images.clear(), captions.clear(), labels.clear()
+        return batch
+
+    for shard_index, shard in enumerate(shard_set.shards):
+        for raw in read_samples(shard.path, shard_index, 0, shard.num_samples):
+            position += 1
+            if max_samples and position >= max_samples:
+                break
+            if position % world_size != rank or raw.problem is not None:
+                continue
+            try:
+                image, _ = decode_sample(raw.fields, task="image_label" if "txt" not in raw.fields else "image_text",
+                                         max_image_pixels=MAX_IMAGE_PIXELS)
+            except BadSample:
+                continue
+            images.append(image_transform(image))
+            captions.append(raw.fields["txt"].decode("utf-8").strip() if "txt" in raw.fields else None)
+            labels.append(int(raw.fields["cls"].decode("ascii")) if "cls" in raw.fields else None)
+            if len(images) == batch_size:
+                yield flush()
+    if images:
+        yield flush()
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, shards: Sequence[str], *, task: str, rank: int, world_size: int, batch_size: int,
+             image_transform: Callable, tokenize: Callable | None = None, classnames: Sequence[str] | None = None,
+             templates: Sequence[str] | None = None, retrieval: bool = True, max_samples: int = 0,
+             device: torch.device | str = "cpu", similarity_samples: bool = False) -> dict:
+    """{"metric name": value} equal on every rank. With `similarity_samples`, also "_pos"/"_neg":
+    sampled positive and negative cosine similarities (for the histogram plot, rank 0)."""
+    from dmlscale import eval as ev
+
+    was_training = model.training
+    model.eval()
+    feats, texts, labels = [], [], []
+    for batch in eval_batches(shards, rank=rank, world_size=world_size, batch_size=batch_size,
+                              image_transform=image_transform, max_samples=max_samples):
+        image = batch["image"].to(device)
+        if task == "image_label":
+            feats.append(model(image).float())
+        else:
+            feats.append(model.encode_image(image).float())
+            if retrieval and batch["caption"] is not None:
+                texts.append(model.encode_text(tokenize(batch["caption"]).to(device)).float())
+        if batch["label"] is not None:
+            labels.append(batch["label"])
+    image_nD = torch.nn.functional.normalize(torch.cat(feats), dim=-1).cpu()
+    labels_n = torch.cat(labels) if len(labels) == len(feats) and labels else None
+    out: dict = {}
+    gathered = _distributed()
+    if task == "image_label":
+        if labels_n is None:
+            raise ValueError("evaluation of task image_label needs a label (.cls) in every eval sample")
+        include = ("precision_at_1", "r_precision", "mean_average_precision_at_r")
+        fn = ev.distributed_metric_accuracy if gathered else ev.metric_accuracy
+        out.update({f"eval/{k}": v for k, v in fn(image_nD, labels_n, include=include, distance="cosine").items()})
+    else:
+        if classnames is not None and labels_n is not None:
+            encode = lambda tokens: model.encode_text(tokens.to(device)).float().cpu()  # noqa: E731
+            classifier_DC = ev.zero_shot_classifier(encode, tokenize, list(classnames), list(templates))
+            fn = ev.distributed_zero_shot_accuracy if gathered else ev.zero_shot_accuracy
+            out.update({f"eval/zero_shot_{k}": v for k, v in fn(image_nD, labels_n, classifier_DC).items()})
+        if texts:
+            text_nD = torch.nn.functional.normalize(torch.cat(texts), dim=-1).cpu()
+            fn = ev.distributed_retrieval_metrics if gathered else ev.retrieval_metrics
+            out.update({f"eval/{k}": v for k, v in fn(image_nD, text_nD).items()})
+    if similarity_samples and rank == 0:
+        from dmlscale.monitor import clip_similarity_stats, label_similarity_stats
+
+        if task == "image_label":
+            stats = label_similarity_stats(image_nD, labels_n)
+        elif texts:
+            stats = clip_similarity_stats(image_nD, torch.nn.functional.normalize(torch.cat(texts), dim=-1).cpu())
+        else:
+            stats = None
+        if stats is not None:
+            out["_pos"], out["_neg"] = stats.pos_samples_K, stats.neg_samples_K
+    model.train(was_training)
+    return out

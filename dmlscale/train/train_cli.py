@@ -1,0 +1,113 @@
+"""`dmlscale train [--config FILE] [--resume TAG] [--nproc N] [key=value ...]`.
+
+Without --config it runs configs/quickstart.yaml (digits shards written if missing, a small CLIP on
+the CPU, zero-shot accuracy on held-out digits with unseen prompts). Under torchrun or Slurm every
+process runs this command and finds its rank in the environment; `--nproc N` instead starts N local
+gloo processes itself (no torchrun needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "quickstart.yaml"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None,
+                        help=f"YAML recipe (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
+    parser.add_argument("--resume", default=None, metavar="TAG",
+                        help="'latest' (a fresh start when there is no checkpoint yet) or a checkpoint tag; "
+                             "same as checkpoint.resume=TAG")
+    parser.add_argument("--nproc", type=int, default=1, metavar="N",
+                        help="start N local processes joined by gloo (instead of torchrun)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=3e-4")
+
+
+def resolve_config_path(path: str | None) -> Path:
+    if path is not None:
+        return Path(path)
+    if not DEFAULT_CONFIG.is_file():
+        raise ValueError(f"the default recipe {str(DEFAULT_CONFIG)!r} is missing (dmlscale must be installed from its "
+                         f"repository, e.g. pip install -e .); pass --config FILE")
+    return DEFAULT_CONFIG
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _spawned_rank(local_rank: int, world_size: int, port: int, config_dict: dict, out_dir: str) -> None:
+    """One of the --nproc processes: torchrun's variables for this rank, then the trainer."""
+    os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world_size),
+                      LOCAL_WORLD_SIZE=str(world_size), GROUP_RANK="0", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    from dmlscale.train.config import Config, section_from_dict
+    from dmlscale.train.trainer import train
+
+    import torch.distributed as dist
+
+    try:
+        summary = train(section_from_dict(Config, config_dict))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if local_rank == 0:
+        Path(out_dir, "summary.json").write_text(json.dumps(summary))
+
+
+def spawn(config, nproc: int) -> dict:
+    """Run `config` on `nproc` local processes (gloo on loopback); rank 0's summary."""
+    import torch.multiprocessing as mp
+
+    from dmlscale.distributed import world_info_from_env
+
+    launcher = world_info_from_env().launcher
+    if launcher != "single":
+        raise ValueError(f"--nproc {nproc} starts its own processes; it cannot run under torchrun or Slurm "
+                         f"(this process was started by {launcher})")
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.start_processes(_spawned_rank, args=(nproc, _free_port(), config.to_dict(), out_dir), nprocs=nproc,
+                           join=True, start_method="spawn")
+        return json.loads(Path(out_dir, "summary.json").read_text())
+
+
+def print_summary(summary: dict, run_dir: str) -> None:
+    if summary.get("stopped"):
+        cause = f"signal {summary['signal']}" if summary.get("signal") else "train.stop_at"
+        print(f"dmlscale train: stopped by {cause} after step {summary['step']}, checkpoint saved; "
+              f"continue with --resume latest (run folder {run_dir})")
+        return
+    shown = {k: v for k, v in summary.items() if k.startswith("eval/") and not k.endswith("rank")}
+    for key, value in shown.items():
+        print(f"  {key:40s} {value:.4f}")
+    print(f"dmlscale train: {summary['step']} steps on {summary['world_size']} process(es) in "
+          f"{summary['seconds']:.1f} s; run folder {run_dir}")
+
+
+def main_from_args(args: argparse.Namespace) -> dict:
+    from dmlscale.train.config import load_config
+
+    if isinstance(args.nproc, bool) or args.nproc < 1:
+        raise ValueError(f"--nproc must be an int >= 1, got {args.nproc!r}")
+    overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
+    config = load_config(resolve_config_path(args.config), overrides)
+    if args.nproc > 1:
+        summary = spawn(config, args.nproc)
+    else:
+        from dmlscale.train.trainer import train
+
+        summary = train(config)
+    from dmlscale.distributed import world_info_from_env
+
+    if world_info_from_env().rank == 0:  # torchrun, Slurm or --nproc's parent
+        print_summary(summary, config.run_dir)
+    return summary

@@ -1,0 +1,139 @@
+"""The config schema: YAML + overrides load into typed sections; every bad key, type or combination
+raises a ValueError that names the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dmlscale.train.config import Config, load_config, parse_override, save_config
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPES = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def test_defaults_and_run_dir():
+    config = load_config()
+    assert config.run_dir == "runs/quickstart"
+    assert load_config(None, ["name=abc"]).run_dir == "runs/abc"
+    assert load_config(None, ["run_dir=/tmp/x"]).run_dir == "/tmp/x"
+
+
+@pytest.mark.parametrize("text, key, value", [
+    ("optim.lr=0.5", "optim.lr", 0.5),
+    ("optim.lr=3e-4", "optim.lr", "3e-4"),  # YAML 1.1 reads this as a str; the schema makes it a float
+    ("optim.betas=[0.9, 0.95]", "optim.betas", [0.9, 0.95]),
+    ("model.pretrained=null", "model.pretrained", None),
+    ("monitor.plots=false", "monitor.plots", False),
+    ("name=with=equals", "name", "with=equals"),
+])
+def test_parse_override(text, key, value):
+    assert parse_override(text) == (key, value)
+
+
+def test_overrides_typed_and_nested(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"name": "r", "optim": {"lr": "1e-3", "betas": [0.9, 0.99]},
+                                    "train": {"steps": 7}}))
+    config = load_config(path, ["optim.lr=2e-3", "train.steps=9", "data.batch_size=16"])
+    assert config.optim.lr == 2e-3 and isinstance(config.optim.lr, float)
+    assert config.optim.betas == (0.9, 0.99)  # YAML list -> typed tuple
+    assert config.train.steps == 9 and config.data.batch_size == 16
+    assert config.optim.weight_decay == 0.1  # untouched default
+    int_lr = load_config(None, ["optim.lr=1"]).optim.lr
+    assert int_lr == 1.0 and isinstance(int_lr, float)  # an int is a lossless float
+
+
+@pytest.mark.parametrize("overrides, needles", [
+    (["optim.bogus=1"], ["optim.bogus", "1", "'lr'"]),
+    (["bogus=1"], ["bogus", "allowed keys"]),
+    (["optim.lr=-1"], ["optim.lr", "-1", "> 0"]),
+    (["optim.lr=fast"], ["optim.lr", "'fast'", "a number"]),
+    (["train.steps=2.5"], ["train.steps", "2.5", "an int"]),
+    (["train.steps=true"], ["train.steps", "True", "an int"]),
+    (["train.zero_stage=4"], ["train.zero_stage", "4", "0, 1, 2 or 3"]),
+    (["train.precision=fp16"], ["train.precision", "'fp16'", "'bf16'"]),
+    (["optim.betas=[0.9]"], ["optim.betas", "[0.9]", "2 numbers"]),
+    (["optim.betas=[0.9, 1.5]"], ["optim.betas", "1.5", "[0, 1)"]),
+    (["data=5"], ["data", "5", "mapping"]),
+    (["optim.lr.x=1"], ["optim.lr", "a number"]),
+    (["noequals"], ["noequals", "key=value"]),
+    (["loss.name=triplet"], ["loss.name", "'triplet'", "data.task", "'clip'"]),
+    (["data.task=image_label"], ["loss.name", "'clip'", "image_label", "'supcon'"]),
+    (["loss.miner=batch_hard"], ["loss.miner", "'batch_hard'", "label loss"]),
+    (["data.batch_size=12", "train.grad_cache_chunks=5"], ["train.grad_cache_chunks", "5", "12"]),
+    (["data.task=image_label", "loss.name=supcon", "model.text_tower=minilm"], ["model.text_tower", "'minilm'"]),
+    (["eval.every=500", "train.steps=100"], ["eval.every", "500", "train.steps"]),
+    (["name=a/b"], ["name", "'a/b'"]),
+    (["train.stop_at=400", "train.steps=300"], ["train.stop_at", "400", "steps=300"]),
+    (["optim.warmup_steps=50", "train.steps=20"], ["optim.warmup_steps", "50", "train.steps"]),
+    (["data.crop_scale=0"], ["data.crop_scale", "0.0", "(0, 1]"]),
+    (["eval.templates=[\"no placeholder\"]"], ["eval.templates", "no placeholder", "'{}'"]),
+    (["data.source=shards"], ["eval.zero_shot", "eval.classnames"]),
+])
+def test_errors_name_key_value_and_allowed(overrides, needles):
+    with pytest.raises(ValueError) as error:
+        load_config(None, overrides)
+    for needle in needles:
+        assert needle in str(error.value), (needle, str(error.value))
+
+
+def test_direct_construction_is_validated_too():
+    from dmlscale.train.config import OptimConfig
+
+    with pytest.raises(ValueError, match="warmup_steps must be an int >= 0, got -2"):
+        OptimConfig(warmup_steps=-2)
+    with pytest.raises(TypeError):
+        OptimConfig(0.1)  # kw_only: positional arguments are refused
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n- not a mapping\n")
+    with pytest.raises(ValueError, match="mapping"):
+        load_config(bad)
+
+
+def test_save_round_trip(tmp_path):
+    config = load_config(None, ["optim.betas=[0.8, 0.9]", "loss.name=siglip", "train.steps=3"])
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.name for p in RECIPES])
+def test_recipes_load_and_carry_their_command(recipe):
+    config = load_config(recipe)
+    assert isinstance(config, Config)
+    header = "".join(line for line in recipe.read_text().splitlines(keepends=True) if line.startswith("#"))
+    assert "dmlscale train" in header or "torchrun" in header or "sbatch" in header, recipe
+    assert f"configs/{recipe.name}" in header or recipe.name == "quickstart.yaml"
+
+
+def header_commands(recipe: Path) -> list[list[str]]:
+    """The `dmlscale train` command lines of a recipe's header comment (continuation lines joined)."""
+    text, commands = "", []
+    for line in recipe.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        text += line.lstrip("#").strip().split("  #")[0].rstrip("\\") + (" " if line.endswith("\\") else "\n")
+    for line in text.splitlines():
+        if "dmlscale train" in line:
+            commands.append(shlex.split(line.split("dmlscale train", 1)[1]))
+    return commands
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.name for p in RECIPES])
+def test_header_commands_are_valid(recipe):
+    commands = header_commands(recipe)
+    assert commands or recipe.name == "clip_vit_b32_laion.yaml" and "launch/" in recipe.read_text()
+    for args in commands:
+        config_path = args[args.index("--config") + 1] if "--config" in args else "configs/quickstart.yaml"
+        overrides = [arg for arg in args if "=" in arg and not arg.startswith("-")]
+        config = load_config(REPO / config_path, overrides)  # raises on a stale key or value
+        assert (REPO / config_path).resolve() in {recipe.resolve(), (REPO / "configs/quickstart.yaml").resolve()}
+        assert config.train.steps >= 1
