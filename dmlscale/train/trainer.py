@@ -21,6 +21,8 @@ import torch.distributed as dist
 
 from dmlscale.train import build
 from dmlscale.train.config import Config, save_config
+from dmlscale.train.step_metrics import (GradNormProbe, StepRecorder, logit_metrics, output_similarity_metrics,
+                                         skipped_metrics)
 from dmlscale.train.stop_signal import StopSignal
 
 
@@ -67,14 +69,16 @@ class Run:
         self.loss_fn = build.build_loss(config.loss, embedding_size=embedding_size)
         self.chunks = config.train.grad_cache_chunks
         self.engine = build.build_run_engine(config, self.model, self.device, local_rank=self.info.local_rank)
+        self.recorder, self.grad_norm = StepRecorder(), GradNormProbe(self.engine)
 
     def forward_fn(self, chunk: dict) -> dict:
         if self.task == "image_label":
             return {"embeddings": self.engine(chunk["image"])}
         return self.engine(image=chunk["image"], text=chunk["text"])
 
-    def train_step(self, batch: dict) -> float:
-        """One optimizer step on this rank's batch (split into gradient-caching chunks); the global loss."""
+    def train_step(self, batch: dict, *, keep_outputs: bool = False) -> float:
+        """One optimizer step on this rank's batch (split into gradient-caching chunks); the global loss.
+        `keep_outputs`: keep the embeddings the loss saw, for `step_metrics`."""
         from dmlscale.train.engine import engine_contrastive_step
 
         batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -86,7 +90,21 @@ class Run:
         else:
             loss_fn = lambda out: self.loss_fn(out["image_features"], out["text_features"],  # noqa: E731
                                                out["logit_scale"], out.get("logit_bias"))
+        self.labels = batch.get("label")
+        loss_fn = self.recorder.wrap(loss_fn, keep_outputs=keep_outputs)
         return float(engine_contrastive_step(self.engine, chunks, self.forward_fn, loss_fn))
+
+    def step_metrics(self) -> dict:
+        """Everything logged beside loss and timing at a log step (collective: every rank calls it)."""
+        from dmlscale.monitor import peak_memory_bytes
+
+        out = {**self.recorder.pop_terms(), **logit_metrics(self.engine.module),
+               "train/grad_norm": self.grad_norm.value(), **skipped_metrics(self.loader.skipped),
+               "perf/peak_memory_bytes": peak_memory_bytes(self.device)}
+        if self.recorder.outputs is not None:
+            out.update(output_similarity_metrics(self.recorder.outputs, self.labels))
+            self.recorder.outputs = None
+        return {k: v for k, v in out.items() if v is not None}
 
     def evaluate(self, *, similarity_samples: bool = False) -> dict:
         from dmlscale.train.evaluate import evaluate
@@ -99,7 +117,7 @@ class Run:
                         image_transform=self.transform, tokenize=tokenize,
                         classnames=build.zero_shot_classnames(config), templates=build.zero_shot_templates(config),
                         retrieval=config.eval.retrieval, max_samples=config.eval.max_samples, device=self.device,
-                        similarity_samples=similarity_samples)
+                        similarity_samples=similarity_samples, progress=config.monitor.console)
 
 
 def train(config: Config) -> dict:
@@ -147,14 +165,16 @@ def train(config: Config) -> dict:
         while step < total and not stopping:
             for batch in run.loader:
                 timer.data_done()
-                losses.append(run.train_step(batch))
+                logging = (step + 1) % config.train.log_every == 0 or step + 1 == total
+                losses.append(run.train_step(batch, keep_outputs=logging))
                 timer.step_done(len(batch["image"]))
                 step += 1
                 bar.update(1, loss=f"{losses[-1]:.3f}")
-                if step % config.train.log_every == 0 or step == total:
+                if logging:
                     lr = run.engine.get_lr()[0]
                     log({"train/loss": sum(losses) / len(losses), "train/lr": lr,
-                         **timer.summary(global_samples=timer.num_samples * run.world_size)}, step)
+                         **timer.summary(global_samples=timer.num_samples * run.world_size), **run.step_metrics()},
+                        step)
                     losses.clear()
                     timer.reset()
                 if config.eval.every and step % config.eval.every == 0 and step < total:
