@@ -64,16 +64,22 @@ def _distributed() -> bool:
 def evaluate(model: torch.nn.Module, shards: Sequence[str], *, task: str, rank: int, world_size: int, batch_size: int,
              image_transform: Callable, tokenize: Callable | None = None, classnames: Sequence[str] | None = None,
              templates: Sequence[str] | None = None, retrieval: bool = True, max_samples: int = 0,
-             device: torch.device | str = "cpu", similarity_samples: bool = False) -> dict:
-    """{"metric name": value} equal on every rank. With `similarity_samples`, also "_pos"/"_neg":
-    sampled positive and negative cosine similarities (for the histogram plot, rank 0)."""
+             device: torch.device | str = "cpu", similarity_samples: bool = False, progress: bool = False) -> dict:
+    """{"metric name": value} equal on every rank, with eval/sim/* (similarity statistics of the
+    whole eval set, see train.step_metrics). With `similarity_samples`, also "_pos"/"_neg": sampled
+    positive and negative cosine similarities of rank 0's anchors (for the histogram plot).
+    `progress`: a bar on rank 0."""
     from dmlscale import eval as ev
+    from dmlscale.monitor import Progress
+    from dmlscale.train.step_metrics import global_similarity_stats
 
     was_training = model.training
     model.eval()
     feats, texts, labels = [], [], []
+    bar = Progress(None, desc="eval", unit="sample", rank=rank, enabled=progress)
     for batch in eval_batches(shards, rank=rank, world_size=world_size, batch_size=batch_size,
                               image_transform=image_transform, max_samples=max_samples):
+        bar.update(len(batch["image"]))
         image = batch["image"].to(device)
         if task == "image_label":
             feats.append(model(image).float())
@@ -83,6 +89,7 @@ def evaluate(model: torch.nn.Module, shards: Sequence[str], *, task: str, rank: 
                 texts.append(model.encode_text(tokenize(batch["caption"]).to(device)).float())
         if batch["label"] is not None:
             labels.append(batch["label"])
+    bar.close()
     image_nD = torch.nn.functional.normalize(torch.cat(feats), dim=-1).cpu()
     labels_n = torch.cat(labels) if len(labels) == len(feats) and labels else None
     out: dict = {}
@@ -103,16 +110,16 @@ def evaluate(model: torch.nn.Module, shards: Sequence[str], *, task: str, rank: 
             text_nD = torch.nn.functional.normalize(torch.cat(texts), dim=-1).cpu()
             fn = ev.distributed_retrieval_metrics if gathered else ev.retrieval_metrics
             out.update({f"eval/{k}": v for k, v in fn(image_nD, text_nD).items()})
-    if similarity_samples and rank == 0:
-        from dmlscale.monitor import clip_similarity_stats, label_similarity_stats
-
-        if task == "image_label":
-            stats = label_similarity_stats(image_nD, labels_n)
-        elif texts:
-            stats = clip_similarity_stats(image_nD, torch.nn.functional.normalize(torch.cat(texts), dim=-1).cpu())
-        else:
-            stats = None
-        if stats is not None:
-            out["_pos"], out["_neg"] = stats.pos_samples_K, stats.neg_samples_K
+    max_kept = 10_000 if similarity_samples else 0
+    if task == "image_label":
+        stats = global_similarity_stats(image_nD.to(device), labels_n=labels_n, max_samples=max_kept)
+    elif texts:
+        stats = global_similarity_stats(image_nD.to(device), text_nD=torch.cat(texts), max_samples=max_kept)
+    else:
+        stats = None
+    if stats is not None:
+        out.update(stats.metrics("eval/sim/"))
+        if similarity_samples and rank == 0:
+            out["_pos"], out["_neg"] = stats.pos_samples_K.cpu(), stats.neg_samples_K.cpu()
     model.train(was_training)
     return out

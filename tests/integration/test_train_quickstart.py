@@ -80,6 +80,12 @@ def test_quickstart_reaches_95_percent_zero_shot_on_unseen_prompts(tmp_path, dig
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["metrics"]["train/loss"] for r in records if "train/loss" in r["metrics"]]
     assert len(losses) == 30 and losses[-1] < 0.7 * losses[0]  # logged every 10 steps, and it learned
+    last_train = [r["metrics"] for r in records if "train/loss" in r["metrics"]][-1]
+    exported = torch.load(run_dir / "export" / "open_clip_pytorch_model.bin", weights_only=True)
+    assert last_train["train/logit_scale"] == pytest.approx(exported["logit_scale"].exp().item(), rel=1e-6)
+    # trained: a caption is closer to its image than the other captions of the batch / of the eval set
+    assert last_train["train/sim/pos_mean"] > last_train["train/sim/neg_mean"] + 0.2
+    assert summary["eval/sim/pos_mean"] > summary["eval/sim/neg_mean"] + 0.2
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000300"
 
     reproduced = independent_zero_shot_top1(run_dir / "export", digits_root / "test")
@@ -135,7 +141,40 @@ def test_resume_under_zero2_equals_uninterrupted_run(tmp_path, digits_root):
     sessions = sorted((tmp_path / "resumed" / "wandb").glob("offline-run-*"))
     run_ids = {session.name.rsplit("-", 1)[1] for session in sessions}
     assert len(sessions) == 2 and len(run_ids) == 1, sessions
-    assert last_logged_step(tmp_path / "resumed" / "wandb", run_ids.pop()) == 6
+    run_id = run_ids.pop()
+    assert last_logged_step(tmp_path / "resumed" / "wandb", run_id) == 6
+    check_step_metrics(tmp_path / "straight", tmp_path / "resumed", run_id)
+
+
+STEP_KEYS = ("train/grad_norm", "train/logit_scale", "perf/peak_memory_bytes", "data/skipped_total",
+             "train/sim/pos_mean", "train/sim/neg_mean", "train/sim/hardest_neg_mean",
+             "train/sim/active_triplet_fraction")
+
+
+def check_step_metrics(straight_dir: Path, resumed_dir: Path, run_id: str) -> None:
+    """ZeRO-2, gradient caching, 2 ranks: the extra metrics are in the JSONL and in the offline W&B run,
+    and equal between the straight and the resumed run (same weights, same batches)."""
+    import math
+
+    from dmlscale.monitor.wandb_records import read_history, run_log_files
+
+    def by_step(run_dir: Path) -> dict[int, dict]:
+        return {r["step"]: r["metrics"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+
+    straight, resumed = by_step(straight_dir), by_step(resumed_dir)
+    for step, metrics in resumed.items():
+        assert all(key in metrics for key in STEP_KEYS), (step, sorted(metrics))
+        assert math.isfinite(metrics["train/grad_norm"]) and metrics["train/grad_norm"] > 0
+        assert 1.0 <= metrics["train/logit_scale"] <= 100.0 and metrics["data/skipped_total"] == 0
+        assert 0.0 <= metrics["train/sim/active_triplet_fraction"] <= 1.0
+        for key in ("train/grad_norm", "train/logit_scale", "train/sim/pos_mean", "train/sim/hardest_neg_mean"):
+            assert metrics[key] == pytest.approx(straight[step][key], rel=1e-4, abs=1e-6), (step, key)
+    assert resumed[6]["train/logit_scale"] == pytest.approx(consolidated(resumed_dir)["logit_scale"].exp().item(),
+                                                            rel=1e-6)
+    history = {row["_step"]: row for path in run_log_files(resumed_dir / "wandb", run_id) for row in read_history(path)}
+    for step, metrics in resumed.items():
+        for key in STEP_KEYS:
+            assert history[step][key] == pytest.approx(metrics[key], rel=1e-12), (step, key)
 
 
 def test_bad_override_and_misplaced_nproc_are_reported(tmp_path, monkeypatch, capsys):
@@ -185,6 +224,9 @@ def test_siglip_and_frozen_minilm_tower_train(tmp_path, digits_root):
     main(run_args(tmp_path / "siglip", digits_root, "model.name=dml-tiny-vit", "loss.name=siglip", *short))
     state = consolidated(tmp_path / "siglip")
     assert state["logit_bias"].shape == (1,) and state["logit_bias"].item() != -10.0  # SigLIP's bias trained
+    last = json.loads((tmp_path / "siglip" / "metrics.jsonl").read_text().splitlines()[-2])  # before the eval record
+    assert last["step"] == 3 and last["metrics"]["train/logit_bias"] == pytest.approx(state["logit_bias"].item())
+    assert last["metrics"]["train/logit_scale"] == pytest.approx(state["logit_scale"].exp().item(), rel=1e-6)
 
     main(run_args(tmp_path / "minilm", digits_root, "model.name=dml-tiny-vit", "model.text_tower=minilm",
                   "model.freeze_text=true", *short))
