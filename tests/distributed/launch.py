@@ -7,6 +7,7 @@ exception text) come back per rank.
 
 from __future__ import annotations
 
+import datetime
 import os
 import pickle
 import socket
@@ -38,17 +39,32 @@ def _worker(rank, world_size, port, out_dir, fn, args):
     except Exception as error:  # reported to the parent test, which asserts on it
         outcome["error"] = f"{type(error).__name__}: {error}"
         outcome["traceback"] = traceback.format_exc()
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    if world_size > 1 and dist.is_initialized():
+        try:  # no rank tears gloo down while another still talks to it
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=10))
+        except Exception:  # another rank failed or left early: its own outcome says why
+            pass
+    # The outcome is written before teardown, so an abort inside gloo's teardown cannot lose a result.
     with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as handle:
         pickle.dump(outcome, handle)
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def run_world(fn, world_size: int, *args) -> list[dict]:
-    """Spawn the ranks and return one outcome dict per rank ({'result': ...} or {'error': ...})."""
+    """Spawn the ranks and return one outcome dict per rank ({'result': ...} or {'error': ...}).
+
+    A rank that dies after writing its outcome (gloo can abort in its teardown, "terminate called
+    without an active exception") still counts, since its work finished; a rank that dies before
+    writing one fails the test.
+    """
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_worker, args=(world_size, free_port(), out_dir, fn, args), nprocs=world_size, join=True)
+        try:
+            mp.spawn(_worker, args=(world_size, free_port(), out_dir, fn, args), nprocs=world_size, join=True)
+        except mp.ProcessExitedException:
+            missing = [r for r in range(world_size) if not os.path.exists(os.path.join(out_dir, f"rank{r}.pkl"))]
+            if missing:
+                raise
         outcomes = []
         for rank in range(world_size):
             with open(os.path.join(out_dir, f"rank{rank}.pkl"), "rb") as handle:
