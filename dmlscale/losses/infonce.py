@@ -14,7 +14,7 @@ from dmlscale.indices import convert_to_pairs, matches_and_diffs
 from dmlscale.losses.logsumexp import masked_logsumexp
 from dmlscale.losses.pair import GenericPairLoss
 from dmlscale.losses.reducers import AvgNonZeroReducer
-from dmlscale.losses.tiled import set_tiling, uses_tiles
+from dmlscale.tiling import DEFAULT_TILE, TilingSwitch
 from dmlscale.losses.tiled_ntxent import label_positive_pairs, similarity_tile_fn, tiled_ntxent_pair_losses
 from dmlscale.losses.tiled_supcon import tiled_supcon_row_losses
 from dmlscale.param_checks import check_positive
@@ -25,7 +25,7 @@ def similarity_logits(loss, mat_BR: torch.Tensor) -> torch.Tensor:
     return (mat_BR if loss.distance.is_inverted else -mat_BR) / loss.temperature
 
 
-class NTXentLoss(GenericPairLoss):
+class NTXentLoss(TilingSwitch, GenericPairLoss):
     """NT-Xent: for each positive pair (a, p), with l = logits,
 
         L_ap = -log( exp(l_ap) / (exp(l_ap) + sum_{negative pairs (a, n)} exp(l_an)) + tiny )
@@ -39,19 +39,16 @@ class NTXentLoss(GenericPairLoss):
     tile_size^2)) when max(B, R) >= `tiled_threshold`; True/False force either path, same numbers.
     """
 
-    def __init__(self, temperature: float = 0.07, *, tiled: bool | None = None, tile_size: int = 1024,
+    def __init__(self, temperature: float = 0.07, *, tiled: bool | None = None, tile_size: int = DEFAULT_TILE,
                  tiled_threshold: int = 4096, **kwargs) -> None:
         super().__init__(**kwargs)
         check_positive(type(self).__name__, "temperature", temperature)
         self.temperature = temperature
         self.add_to_recordable_attributes(list_of_names=["temperature"], is_stat=False)
-        set_tiling(self, tiled, tile_size, tiled_threshold)
+        self.set_tiling(tiled, tile_size, tiled_threshold)
 
     def get_default_distance(self):
         return CosineSimilarity()
-
-    def uses_tiles(self, num_rows: int) -> bool:
-        return uses_tiles(self, num_rows)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
         self.require_labels(labels, indices_tuple)
@@ -128,7 +125,7 @@ def ntxent_pair_losses(logits_BR, a1_P, p_P, neg_BR, neg_count_BR=None) -> torch
     return -torch.log(numerator_P / denominator_P + torch.finfo(logits_BR.dtype).tiny)
 
 
-class SupConLoss(GenericPairLoss):
+class SupConLoss(TilingSwitch, GenericPairLoss):
     """Supervised contrastive loss (Khosla et al. 2020): for each anchor row a with positives P(a)
     and negatives N(a), with l = logits,
 
@@ -141,22 +138,19 @@ class SupConLoss(GenericPairLoss):
 
     uses_masks = True
 
-    def __init__(self, temperature: float = 0.1, *, tiled: bool | None = None, tile_size: int = 1024,
+    def __init__(self, temperature: float = 0.1, *, tiled: bool | None = None, tile_size: int = DEFAULT_TILE,
                  tiled_threshold: int = 4096, **kwargs) -> None:
         super().__init__(**kwargs)
         check_positive(type(self).__name__, "temperature", temperature)
         self.temperature = temperature
         self.add_to_recordable_attributes(list_of_names=["temperature"], is_stat=False)
-        set_tiling(self, tiled, tile_size, tiled_threshold)
+        self.set_tiling(tiled, tile_size, tiled_threshold)
 
     def get_default_distance(self):
         return CosineSimilarity()
 
     def get_default_reducer(self):
         return AvgNonZeroReducer()
-
-    def uses_tiles(self, num_rows: int) -> bool:
-        return uses_tiles(self, num_rows)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
         if indices_tuple is not None:

@@ -19,7 +19,7 @@ from dmlscale.losses.pair import GenericPairLoss, streams_from_labels
 from dmlscale.losses.reducers import AvgNonZeroReducer
 from dmlscale.losses.streamed_mining import negative_counts, positive_pairs
 from dmlscale.losses.streamed_pairs import streamed_multisim_rows
-from dmlscale.losses.tiled import DEFAULT_TILE, set_tiling, uses_tiles
+from dmlscale.tiling import DEFAULT_TILE, TilingSwitch
 from dmlscale.param_checks import check_positive, check_real
 
 
@@ -27,7 +27,7 @@ def row_indices(mat_BR: torch.Tensor) -> torch.Tensor:
     return torch.arange(len(mat_BR), device=mat_BR.device)
 
 
-class MultiSimilarityLoss(GenericPairLoss):
+class MultiSimilarityLoss(TilingSwitch, GenericPairLoss):
     """Multi-Similarity loss (Wang et al. 2019), for a similarity s and each anchor row a:
 
         L_a = 1/alpha log(1 + sum_{p} exp(-alpha (s_ap - base))) + 1/beta log(1 + sum_{n} exp(beta (s_an - base)))
@@ -46,13 +46,10 @@ class MultiSimilarityLoss(GenericPairLoss):
         check_real(owner, "base", base, finite=False)
         self.alpha, self.beta, self.base = alpha, beta, base
         self.add_to_recordable_attributes(list_of_names=["alpha", "beta", "base"], is_stat=False)
-        set_tiling(self, tiled, tile_size, tiled_threshold)
+        self.set_tiling(tiled, tile_size, tiled_threshold)
 
     def get_default_distance(self):
         return CosineSimilarity()
-
-    def uses_tiles(self, num_rows: int) -> bool:
-        return uses_tiles(self, num_rows)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
         if not streams_from_labels(self, embeddings, labels, indices_tuple, ref_emb):

@@ -25,7 +25,7 @@ from dmlscale.losses.streamed_totals import (
     term_filter,
     totals_entry,
 )
-from dmlscale.losses.tiled import DEFAULT_TILE, set_tiling, uses_tiles
+from dmlscale.tiling import DEFAULT_TILE, TilingSwitch
 
 
 class GenericPairLoss(BaseMetricLossFunction):
@@ -56,7 +56,7 @@ class GenericPairLoss(BaseMetricLossFunction):
 def streams_from_labels(loss, embeddings, labels, indices_tuple, ref_emb, totals_reducer=None) -> bool:
     """Whether `loss` takes its streamed path: no indices_tuple, a large batch, and (for a streamed
     (sum, count) entry) a `totals_reducer` that reduces it; with tiled=True another reducer is a ValueError."""
-    if indices_tuple is not None or labels is None or not uses_tiles(loss, max(len(embeddings), len(ref_emb))):
+    if indices_tuple is not None or labels is None or not loss.uses_tiles(max(len(embeddings), len(ref_emb))):
         return False
     if totals_reducer is not None and not supports_totals(totals_reducer):
         if loss.tiled:
@@ -66,7 +66,7 @@ def streams_from_labels(loss, embeddings, labels, indices_tuple, ref_emb, totals
     return True
 
 
-class ContrastiveLoss(ReducesStreamedTotals, GenericPairLoss):
+class ContrastiveLoss(TilingSwitch, ReducesStreamedTotals, GenericPairLoss):
     """L = [d_ap - m_pos]_+ over positive pairs, plus [m_neg - d_an]_+ over negative pairs
     (terms swapped for similarities); each part is reduced separately and the two are summed."""
 
@@ -75,10 +75,7 @@ class ContrastiveLoss(ReducesStreamedTotals, GenericPairLoss):
         super().__init__(**kwargs)
         self.pos_margin = pos_margin
         self.neg_margin = neg_margin
-        set_tiling(self, tiled, tile_size, tiled_threshold)
-
-    def uses_tiles(self, num_rows: int) -> bool:
-        return uses_tiles(self, num_rows)
+        self.set_tiling(tiled, tile_size, tiled_threshold)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
         neg_reducer = sub_reducer(self.reducer, "neg_loss")

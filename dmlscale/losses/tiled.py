@@ -19,8 +19,8 @@ import math
 import torch
 
 from dmlscale.param_checks import check_positive_int
+from dmlscale.tiling import DEFAULT_TILE, TilingSwitch
 
-DEFAULT_TILE = 1024
 
 
 def scalar_value(value) -> float:
@@ -237,7 +237,7 @@ def tiled_siglip_sum(img_nD: torch.Tensor, txt_ND: torch.Tensor, logit_scale, lo
     return TiledSigLipFunction.apply(img_nD, txt_ND, logit_scale, logit_bias, col_offset, tile)
 
 
-class TiledPairLoss(torch.nn.Module):
+class TiledPairLoss(TilingSwitch, torch.nn.Module):
     """Base of the image-text losses: picks the streamed kernel above a batch-size threshold.
 
     `tiled`: None picks it when the batch has at least `tiled_threshold` pairs; True/False force
@@ -246,22 +246,4 @@ class TiledPairLoss(torch.nn.Module):
 
     def __init__(self, *, tiled: bool | None = None, tile_size: int = DEFAULT_TILE, tiled_threshold: int = 4096) -> None:
         super().__init__()
-        set_tiling(self, tiled, tile_size, tiled_threshold)
-
-    def uses_tiles(self, num_pairs: int) -> bool:
-        return uses_tiles(self, num_pairs)
-
-
-def set_tiling(owner, tiled: bool | None, tile_size: int, tiled_threshold: int) -> None:
-    """Validate and store a loss's path choice: `tiled` None (automatic), True or False."""
-    name = type(owner).__name__
-    if tiled not in (None, True, False):
-        raise ValueError(f"{name}: tiled must be None (automatic), True or False, got {tiled!r}")
-    owner.tiled = tiled
-    owner.tile_size = check_positive_int(name, "tile_size", tile_size)
-    owner.tiled_threshold = check_positive_int(name, "tiled_threshold", tiled_threshold)
-
-
-def uses_tiles(owner, num_rows: int) -> bool:
-    """Whether `owner` streams a batch of `num_rows`: forced by `tiled`, else from the threshold."""
-    return owner.tiled if owner.tiled is not None else num_rows >= owner.tiled_threshold
+        self.set_tiling(tiled, tile_size, tiled_threshold)

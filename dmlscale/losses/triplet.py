@@ -22,18 +22,18 @@ from dmlscale.losses.distance_tiles import normalised_pair, paired_values
 from dmlscale.losses.reducers import AvgNonZeroReducer
 from dmlscale.losses.streamed_totals import ReducesStreamedTotals, supports_totals, term_filter, totals_entry
 from dmlscale.losses.streamed_triplet import streamed_batch_all
-from dmlscale.losses.tiled import DEFAULT_TILE, set_tiling, uses_tiles
+from dmlscale.tiling import DEFAULT_TILE, TilingSwitch
 from dmlscale.param_checks import check_positive_int
 
 
-class TripletMarginLoss(ReducesStreamedTotals, BaseMetricLossFunction):
+class TripletMarginLoss(TilingSwitch, ReducesStreamedTotals, BaseMetricLossFunction):
     """Margin-based triplet loss (PML defaults: margin 0.05, Euclidean distance, AvgNonZero)."""
 
     def __init__(self, margin: float = 0.05, swap: bool = False, smooth_loss: bool = False,
                  triplets_per_anchor: int | str = "all", *, tiled: bool | None = None,
                  tile_size: int = DEFAULT_TILE, tiled_threshold: int = 4096, **kwargs) -> None:
         super().__init__(**kwargs)
-        set_tiling(self, tiled, tile_size, tiled_threshold)
+        self.set_tiling(tiled, tile_size, tiled_threshold)
         check_positive_int(type(self).__name__, "triplets_per_anchor", triplets_per_anchor, alternatives=("all",))
         self.margin = margin
         self.swap = swap
@@ -42,9 +42,6 @@ class TripletMarginLoss(ReducesStreamedTotals, BaseMetricLossFunction):
 
     def get_default_reducer(self):
         return AvgNonZeroReducer()
-
-    def uses_tiles(self, num_rows: int) -> bool:
-        return uses_tiles(self, num_rows)
 
     def streams_all_triplets(self) -> bool:
         """Whether all triplets from labels can be summed streamed (else the materialised path runs)."""

@@ -8,11 +8,10 @@ With `tiled` (automatic at max(B, R) >= tiled_threshold) the picks are made tile
 from __future__ import annotations
 
 from dmlscale.miners.batch_easy_hard import HARD, BatchEasyHardMiner
+from dmlscale.tiling import DEFAULT_TILE, TilingSwitch
 
-DEFAULT_TILE = 1024
 
-
-class BatchHardMiner(BatchEasyHardMiner):
+class BatchHardMiner(TilingSwitch, BatchEasyHardMiner):
     """BatchEasyHardMiner with hard positives and hard negatives, returned as triplets (a, p, n)."""
 
     def __init__(self, *, tiled: bool | None = None, tile_size: int = DEFAULT_TILE, tiled_threshold: int = 4096,
@@ -21,14 +20,10 @@ class BatchHardMiner(BatchEasyHardMiner):
         if fixed:
             raise ValueError(f"BatchHardMiner fixes both strategies to 'hard'; do not pass {fixed}")
         super().__init__(pos_strategy=HARD, neg_strategy=HARD, **kwargs)
-        from dmlscale.losses.tiled import set_tiling  # losses/ imports miners/: resolved at call time
-
-        set_tiling(self, tiled, tile_size, tiled_threshold)
+        self.set_tiling(tiled, tile_size, tiled_threshold)
 
     def mine(self, embeddings, labels, ref_emb, ref_labels, query_ref_index):
-        from dmlscale.losses.tiled import uses_tiles
-
-        if uses_tiles(self, max(len(embeddings), len(ref_emb))):
+        if self.uses_tiles(max(len(embeddings), len(ref_emb))):
             from dmlscale.losses.distance_tiles import normalised_pair
             from dmlscale.losses.streamed_mining import streamed_hardest
 

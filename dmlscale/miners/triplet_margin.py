@@ -14,6 +14,7 @@ from __future__ import annotations
 from dmlscale.indices import all_triplets
 from dmlscale.miners.base import BaseMiner
 from dmlscale.param_checks import check_real
+from dmlscale.tiling import DEFAULT_TILE, TilingSwitch
 
 TRIPLET_TYPES = ("all", "hard", "semihard", "easy")
 
@@ -30,15 +31,13 @@ def margin_keep(gap, margin: float, type_of_triplets: str):
     return keep
 
 
-class TripletMarginMiner(BaseMiner):
+class TripletMarginMiner(TilingSwitch, BaseMiner):
     """Triplets (a, p, n) that violate (or, for "easy", satisfy) the margin; PML order (a, then p, then n)."""
 
     def __init__(self, margin: float = 0.2, type_of_triplets: str = "all", *, tiled: bool | None = None,
-                 tile_size: int = 1024, tiled_threshold: int = 4096, **kwargs) -> None:
+                 tile_size: int = DEFAULT_TILE, tiled_threshold: int = 4096, **kwargs) -> None:
         super().__init__(**kwargs)
-        from dmlscale.losses.tiled import set_tiling  # losses/ imports miners/: resolved at call time
-
-        set_tiling(self, tiled, tile_size, tiled_threshold)
+        self.set_tiling(tiled, tile_size, tiled_threshold)
         check_real(type(self).__name__, "margin", margin, finite=False)
         if type_of_triplets not in TRIPLET_TYPES:
             raise ValueError(f"type_of_triplets must be one of {TRIPLET_TYPES}, got {type_of_triplets!r}")
@@ -49,9 +48,7 @@ class TripletMarginMiner(BaseMiner):
         )
 
     def mine(self, embeddings, labels, ref_emb, ref_labels, query_ref_index):
-        from dmlscale.losses.tiled import uses_tiles
-
-        if uses_tiles(self, max(len(embeddings), len(ref_emb))):
+        if self.uses_tiles(max(len(embeddings), len(ref_emb))):
             from dmlscale.losses.distance_tiles import normalised_pair
             from dmlscale.losses.streamed_mining import streamed_margin_triplets
 
