@@ -118,6 +118,16 @@ def global_offsets(sizes: list[int]) -> list[int]:
     return offsets
 
 
+def all_gather_objects(obj, group=None) -> list:
+    """Every rank's picklable `obj` in rank order (`[obj]` for one process); no tensors, no gradient."""
+    _, world_size = world_rank_and_size(group)
+    if world_size == 1:
+        return [obj]
+    gathered: list = [None] * world_size
+    dist.all_gather_object(gathered, obj, group=group)
+    return gathered
+
+
 def all_reduce_sum_no_grad(x: torch.Tensor, group=None) -> torch.Tensor:
     """Elementwise sum over ranks of a copy of x (statistics, counts); no gradient flows."""
     _, world_size = world_rank_and_size(group)

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-import torch.distributed as dist
 
 from dmlscale.data.decode import BadSample, decode_sample
 from dmlscale.data.shard_list import list_shards
 from dmlscale.data.tar_reader import read_samples
+from dmlscale.distributed.collectives import world_rank_and_size
 
 MAX_IMAGE_PIXELS = 50_000_000
 
@@ -56,10 +56,6 @@ def eval_batches(shards: Sequence[str], *, rank: int, world_size: int, batch_siz
         yield flush()
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, shards: Sequence[str], *, task: str, rank: int, world_size: int, batch_size: int,
              image_transform: Callable, tokenize: Callable | None = None, classnames: Sequence[str] | None = None,
@@ -93,7 +89,7 @@ def evaluate(model: torch.nn.Module, shards: Sequence[str], *, task: str, rank: 
     image_nD = torch.nn.functional.normalize(torch.cat(feats), dim=-1).cpu()
     labels_n = torch.cat(labels) if len(labels) == len(feats) and labels else None
     out: dict = {}
-    gathered = _distributed()
+    gathered = world_rank_and_size()[1] > 1
     if task == "image_label":
         if labels_n is None:
             raise ValueError("evaluation of task image_label needs a label (.cls) in every eval sample")

@@ -11,16 +11,19 @@ import math
 from collections.abc import Callable, Mapping
 
 import torch
-import torch.distributed as dist
 
+from dmlscale.distributed.collectives import (
+    all_gather_no_grad,
+    all_gather_objects,
+    all_reduce_sum_no_grad,
+    gather_sizes,
+    global_offsets,
+    world_rank_and_size,
+)
 from dmlscale.monitor.similarity_stats import SimilarityStats, clip_similarity_stats, label_similarity_stats
 
 _COUNTERS = ("num_pos", "sum_pos", "num_neg", "sum_neg", "num_anchors_with_neg", "sum_hardest_neg",
              "num_triplets", "num_active_triplets")
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def split_loss(value) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -111,14 +114,10 @@ def logit_metrics(module: torch.nn.Module) -> dict[str, float]:
 
 def skipped_metrics(skipped: Mapping[str, int]) -> dict[str, int]:
     """data/skipped_total and data/skipped/<reason>, summed over ranks, from a loader's `skipped`."""
-    counts = dict(skipped)
-    if _distributed():
-        per_rank: list = [None] * dist.get_world_size()
-        dist.all_gather_object(per_rank, counts)
-        counts = {}
-        for rank_counts in per_rank:
-            for reason, num in rank_counts.items():
-                counts[reason] = counts.get(reason, 0) + num
+    counts: dict[str, int] = {}
+    for rank_counts in all_gather_objects(dict(skipped)):
+        for reason, num in rank_counts.items():
+            counts[reason] = counts.get(reason, 0) + num
     return {"data/skipped_total": sum(counts.values()), **{f"data/skipped/{r}": n for r, n in sorted(counts.items())}}
 
 
@@ -131,15 +130,13 @@ def global_similarity_stats(query_nD: torch.Tensor, *, text_nD: torch.Tensor | N
                             labels_n: torch.Tensor | None = None, max_samples: int = 0) -> SimilarityStats:
     """Statistics of this rank's rows against all ranks' rows (texts for CLIP, labelled embeddings
     otherwise), with the global row offset, counters summed over ranks. Samples stay local."""
-    from dmlscale.distributed.collectives import all_gather_no_grad, gather_sizes, global_offsets
-
     if (text_nD is None) == (labels_n is None):
         raise ValueError("global_similarity_stats: pass exactly one of text_nD and labels_n, got "
                          f"text_nD={'a tensor' if text_nD is not None else None}, "
                          f"labels_n={'a tensor' if labels_n is not None else None}")
     query_nD = _full_precision(query_nD)
     sizes = gather_sizes(query_nD, name="similarity rows")
-    offset = global_offsets(sizes)[dist.get_rank() if _distributed() else 0]
+    offset = global_offsets(sizes)[world_rank_and_size()[0]]
     if text_nD is not None:
         text_ND = all_gather_no_grad(_full_precision(text_nD).to(query_nD.dtype), name="texts", sizes=sizes)
         stats = clip_similarity_stats(query_nD, text_ND, row_offset=offset, max_samples=max_samples)
@@ -149,9 +146,7 @@ def global_similarity_stats(query_nD: torch.Tensor, *, text_nD: torch.Tensor | N
         ref_labels_N = all_gather_no_grad(labels_n, name="labels", sizes=sizes)
         stats = label_similarity_stats(query_nD, labels_n, ref_emb_RD=ref_ND, ref_labels_R=ref_labels_N,
                                        row_offset=offset, max_samples=max_samples)
-    if _distributed():
-        from dmlscale.distributed.collectives import all_reduce_sum_no_grad
-
+    if world_rank_and_size()[1] > 1:
         summed = all_reduce_sum_no_grad(torch.tensor([float(getattr(stats, c)) for c in _COUNTERS],
                                                      dtype=torch.float64, device=query_nD.device)).tolist()
         for name, value in zip(_COUNTERS, summed):
