@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import os
 import re
+import socket
 from collections.abc import Mapping
 
 import torch
@@ -102,6 +103,13 @@ def world_info_from_env(environ: Mapping[str, str] | None = None) -> WorldInfo:
             launcher="slurm",
         )
     return WorldInfo()
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for single-machine groups: --nproc, a 1-rank group, tests)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def init_process_group(

@@ -8,7 +8,6 @@ first initialisation compiles its shared-memory comm op (about a minute on 2 cor
 from __future__ import annotations
 
 import os
-import socket
 from typing import Callable, Sequence
 
 import torch
@@ -45,10 +44,9 @@ def ensure_process_group(local_rank: int | None = None) -> None:
     """DeepSpeed needs a process group and LOCAL_RANK in the environment (torchrun sets it; spawned or
     Slurm processes may not). A single process without a group gets a 1-rank gloo group."""
     if not dist.is_initialized():
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+        from dmlscale.distributed.env import free_port
+
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     if "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(dist.get_rank() if local_rank is None else local_rank)
 

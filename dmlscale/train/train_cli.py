@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import tempfile
 from pathlib import Path
 
@@ -39,12 +38,6 @@ def resolve_config_path(path: str | None) -> Path:
     return DEFAULT_CONFIG
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _spawned_rank(local_rank: int, world_size: int, port: int, config_dict: dict, out_dir: str) -> None:
     """One of the --nproc processes: torchrun's variables for this rank, then the trainer."""
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world_size),
@@ -69,13 +62,14 @@ def spawn(config, nproc: int) -> dict:
     import torch.multiprocessing as mp
 
     from dmlscale.distributed import world_info_from_env
+    from dmlscale.distributed.env import free_port
 
     launcher = world_info_from_env().launcher
     if launcher != "single":
         raise ValueError(f"--nproc {nproc} starts its own processes; it cannot run under torchrun or Slurm "
                          f"(this process was started by {launcher})")
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.start_processes(_spawned_rank, args=(nproc, _free_port(), config.to_dict(), out_dir), nprocs=nproc,
+        mp.start_processes(_spawned_rank, args=(nproc, free_port(), config.to_dict(), out_dir), nprocs=nproc,
                            join=True, start_method="spawn")
         return json.loads(Path(out_dir, "summary.json").read_text())
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import os
 import pickle
-import socket
 import tempfile
 import traceback
 
@@ -18,12 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dmlscale.distributed import WorldInfo, init_process_group
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from dmlscale.distributed.env import free_port
 
 
 def _worker(rank, world_size, port, out_dir, fn, args):
