@@ -33,6 +33,8 @@ class WorldInfo:
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
     launcher: str = "single"  # "torchrun", "slurm" or "single"
+    restart_count: int = 0  # how often the launcher restarted this job (TORCHELASTIC_RESTART_COUNT, SLURM_RESTART_COUNT)
+    job_id: str = ""  # the launcher's id of this job, the same on every rank and attempt (TORCHELASTIC_RUN_ID, SLURM_JOB_ID)
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
@@ -88,6 +90,8 @@ def world_info_from_env(environ: Mapping[str, str] | None = None) -> WorldInfo:
             master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
             master_port=_int(env, "MASTER_PORT", 29500),
             launcher="torchrun",
+            restart_count=_int(env, "TORCHELASTIC_RESTART_COUNT", 0),
+            job_id=env.get("TORCHELASTIC_RUN_ID", "") or env.get("SLURM_JOB_ID", ""),
         )
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         world_size = _int(env, "SLURM_NTASKS")
@@ -101,6 +105,8 @@ def world_info_from_env(environ: Mapping[str, str] | None = None) -> WorldInfo:
             master_addr=env.get("MASTER_ADDR") or first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")),
             master_port=_int(env, "MASTER_PORT", 29500),
             launcher="slurm",
+            restart_count=_int(env, "SLURM_RESTART_COUNT", 0),
+            job_id=env.get("SLURM_JOB_ID", ""),
         )
     return WorldInfo()
 

@@ -34,12 +34,19 @@ class DataConfig(Section):
     image_size: int = 32  # side of the square model input
     crop_scale: float = 1.0  # < 1: training images get a random resized crop of at least this area share
     shuffle_buffer: int = 1000  # samples held for shuffling
+    # bad data, counted over all ranks, workers and epochs of the run (the same limit at any world size)
+    max_skip_fraction: float = 0.1  # stop when more than this share of the samples read was unreadable
+    skip_check_after: int = 1000  # ... once this many samples were read in all
+    max_repeat_fraction: float = 0.05  # stop when more than this share of the trained samples were repeats
+    missing_shards: Literal["error", "skip"] = "error"  # a listed shard absent on disk or not a tar
 
     def check(self) -> None:
-        for name in ("batch_size", "eval_batch_size", "image_size", "shuffle_buffer"):
+        for name in ("batch_size", "eval_batch_size", "image_size", "shuffle_buffer", "skip_check_after"):
             self._require(getattr(self, name) >= 1, name, "an int >= 1")
         self._require(self.num_workers >= 0, "num_workers", "an int >= 0")
         self._require(0 < self.crop_scale <= 1, "crop_scale", "a number in (0, 1]")
+        for name in ("max_skip_fraction", "max_repeat_fraction"):
+            self._require(0 <= getattr(self, name) <= 1, name, "a number in [0, 1]")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -115,8 +122,13 @@ class TrainConfig(Section):
     log_every: int = 10
     threads: int = 0  # torch CPU threads per rank; 0: cores / local ranks
     stop_at: int = 0  # > 0: checkpoint and stop this session at that step (time-boxed jobs); resume continues
+    max_nonfinite_steps: int = 3  # a NaN/Inf loss or gradient skips the update; this many in a row stop the run
+    ledger: bool = False  # write the keys of every trained sample per step and rank to run_dir/ledger/
+    group_timeout_s: float = 300.0  # bound on process-group formation and on every collective
 
     def check(self) -> None:
+        self._require(self.max_nonfinite_steps >= 1, "max_nonfinite_steps", "an int >= 1")
+        self._require(self.group_timeout_s > 0, "group_timeout_s", "a number > 0")
         self._require(self.steps >= 1, "steps", "an int >= 1")
         self._require(0 <= self.zero_stage <= 3, "zero_stage", "0, 1, 2 or 3")
         self._require(self.grad_cache_chunks >= 1, "grad_cache_chunks", "an int >= 1 (1: no gradient caching)")
@@ -152,9 +164,13 @@ class CheckpointConfig(Section):
     every: int = 0  # steps between checkpoints; 0: only at the end
     resume: str | None = None  # "latest" (starts fresh when there is none yet), a tag, or null
     export: bool = True  # write consolidated fp32 weights to run_dir/export at the end
+    keep_last: int = 3  # keep the newest this many checkpoints (0: keep all)
+    keep_every: int = 0  # > 0: also keep every checkpoint whose step is a multiple of this
 
     def check(self) -> None:
         self._require(self.every >= 0, "every", "an int >= 0")
+        self._require(self.keep_last >= 0, "keep_last", "an int >= 0 (0 keeps every checkpoint)")
+        self._require(self.keep_every >= 0, "keep_every", "an int >= 0")
         self._require(self.resume is None or bool(self.resume), "resume", "null, 'latest' or a checkpoint tag")
 
 
@@ -166,6 +182,18 @@ class MonitorConfig(Section):
     project: str = "dmlscale"
     console: bool = True  # progress bar on rank 0
     plots: bool = True  # loss/metric curves and similarity histograms at the end
+
+
+@dataclasses.dataclass(kw_only=True)
+class FaultConfig(Section):
+    """Fault injection for drills and tests (off by default): real faults at chosen steps."""
+
+    nan_steps: list[int] = dataclasses.field(default_factory=list)  # put a NaN pixel into these steps' batches
+    nan_rank: int = 0  # ... on this rank only
+
+    def check(self) -> None:
+        self._require(all(step >= 1 for step in self.nan_steps), "nan_steps", "a list of steps >= 1")
+        self._require(self.nan_rank >= 0, "nan_rank", "an int >= 0")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -183,6 +211,7 @@ class Config(Section):
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
+    faults: FaultConfig = dataclasses.field(default_factory=FaultConfig)
 
     def check(self) -> None:
         self._require(bool(self.name) and "/" not in self.name, "name", "a non-empty string without '/'")
