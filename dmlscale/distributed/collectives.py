@@ -118,6 +118,12 @@ def global_offsets(sizes: list[int]) -> list[int]:
     return offsets
 
 
+def barrier(group=None) -> None:
+    """Wait for every rank (bounded by the group's timeout); nothing for one process."""
+    if world_rank_and_size(group)[1] > 1:
+        dist.barrier(group=group)
+
+
 def all_gather_objects(obj, group=None) -> list:
     """Every rank's picklable `obj` in rank order (`[obj]` for one process); no tensors, no gradient."""
     _, world_size = world_rank_and_size(group)
@@ -128,13 +134,22 @@ def all_gather_objects(obj, group=None) -> list:
     return gathered
 
 
-def all_reduce_sum_no_grad(x: torch.Tensor, group=None) -> torch.Tensor:
-    """Elementwise sum over ranks of a copy of x (statistics, counts); no gradient flows."""
+def _all_reduce_no_grad(x: torch.Tensor, op, group) -> torch.Tensor:
     _, world_size = world_rank_and_size(group)
     out = x.detach().clone()
     if world_size > 1:
-        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        dist.all_reduce(out, op=op, group=group)
     return out
+
+
+def all_reduce_sum_no_grad(x: torch.Tensor, group=None) -> torch.Tensor:
+    """Elementwise sum over ranks of a copy of x (statistics, counts); no gradient flows."""
+    return _all_reduce_no_grad(x, dist.ReduceOp.SUM, group)
+
+
+def all_reduce_min_no_grad(x: torch.Tensor, group=None) -> torch.Tensor:
+    """Elementwise minimum over ranks of a copy of x (e.g. the lowest rank that raised a flag); no gradient."""
+    return _all_reduce_no_grad(x, dist.ReduceOp.MIN, group)
 
 
 def all_reduce_logsumexp_no_grad(lse: torch.Tensor, group=None) -> torch.Tensor:

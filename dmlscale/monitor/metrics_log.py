@@ -55,12 +55,16 @@ def read_metrics(path: str | Path) -> list[dict]:
 class MetricsLog:
     """Appends metric records to `path` (created with its folder); rank != 0 writes nothing."""
 
-    def __init__(self, path: str | Path, *, rank: int = 0):
+    def __init__(self, path: str | Path, *, rank: int = 0, resume_step: int | None = None):
+        """`resume_step`: the step a resumed session continues from; records after it (written by a session
+        that died before its next checkpoint) are removed, since the resumed session trains those steps again."""
         self.path, self.active = Path(path), rank == 0
         floor = None
         if self.active:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._drop_torn_tail()
+            if resume_step is not None:
+                self._drop_after(resume_step)
             steps = [record["step"] for record in read_records(self.path)]
             floor = max(steps) if steps else None
         self._steps = StepGuard("MetricsLog", floor)
@@ -71,6 +75,14 @@ class MetricsLog:
             text = self.path.read_bytes()
             if text and not text.endswith(b"\n"):
                 self.path.write_bytes(text[: text.rfind(b"\n") + 1])
+
+    def _drop_after(self, step: int) -> None:
+        records = read_records(self.path)
+        kept = [record for record in records if record["step"] <= step]
+        if len(kept) < len(records):
+            temporary = self.path.with_name(self.path.name + ".tmp")
+            temporary.write_text("".join(json.dumps(record) + "\n" for record in kept))
+            temporary.replace(self.path)
 
     @property
     def num_dropped(self) -> int:

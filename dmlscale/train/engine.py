@@ -111,18 +111,22 @@ def build_engine(model: nn.Module, *, zero_stage: int = 2, precision: str = "aut
                                    min_lr_ratio=min_lr_ratio)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=config, dist_init_required=False)
+    engine.dmlscale_base_optimizer = optimizer  # the torch AdamW DeepSpeed steps, under any ZeRO wrapper
     return engine
 
 
 def engine_contrastive_step(engine, chunks: Sequence, forward_fn: Callable, loss_fn: Callable,
-                            *, shared_keys: Sequence[str] = ("logit_scale", "logit_bias")) -> torch.Tensor:
+                            *, shared_keys: Sequence[str] = ("logit_scale", "logit_bias"),
+                            before_update: Callable[[], None] | None = None) -> torch.Tensor:
     """One optimizer step over `chunks` (grad_accum_steps micro-batches) with gradient caching.
 
     DeepSpeed's own accumulation carries it: each chunk's re-forward ends in
     engine.backward(surrogate, scale_wrt_gas=False) and engine.step(); the engine accumulates, reduces
     across ranks, clips and steps at the accumulation boundary (the last chunk). The surrogate
     sum(output * cached_grad) has exactly the cached gradient, so nothing is rescaled. Under bf16 the
-    chunks' floating tensors are cast to bf16 and the loss sees fp32 outputs. Returns the loss.
+    chunks' floating tensors are cast to bf16 and the loss sees fp32 outputs. `before_update()` runs just
+    before the engine step of the last chunk (where the optimizer steps), e.g. the non-finite guard's
+    collective decision. Returns the loss.
     """
     if len(chunks) != engine.gradient_accumulation_steps():
         raise ValueError(f"engine_contrastive_step: got {len(chunks)} chunks, but the engine accumulates "
@@ -131,9 +135,16 @@ def engine_contrastive_step(engine, chunks: Sequence, forward_fn: Callable, loss
         bf16_forward, fp32_loss = forward_fn, loss_fn
         forward_fn = lambda chunk: bf16_forward(cast_floats(chunk, torch.bfloat16))  # noqa: E731
         loss_fn = lambda outputs: fp32_loss(cast_floats(outputs, torch.float32))  # noqa: E731
+    done = [0]
+
+    def after_chunk() -> None:
+        done[0] += 1
+        if before_update is not None and done[0] == len(chunks):
+            before_update()
+        engine.step()
     loss = cached_step(forward_fn, chunks, loss_fn, shared_keys=shared_keys,
                        backward=lambda surrogate: engine.backward(surrogate, scale_wrt_gas=False),
-                       after_chunk=engine.step)
+                       after_chunk=after_chunk)
     if engine.module is not None and hasattr(engine.module, "logit_scale"):
         from dmlscale.models.clip import clamp_logit_scale
 
