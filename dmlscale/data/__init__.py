@@ -22,6 +22,8 @@ _EXPORTS: dict[str, str] = {
     "Loader": "dmlscale.data.pipeline",
     "DirtyDataError": "dmlscale.data.skip_log",
     "list_shards": "dmlscale.data.shard_list",
+    "merge_totals": "dmlscale.data.accounting",
+    "check_totals": "dmlscale.data.accounting",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -8,7 +8,9 @@ w, w + W, ... (ceil((B - w) / W) of them). The stream is cut into consecutive pi
 (rank-major), each exactly as long as its slot's batches need; the last N - world_size * B *
 batch_size samples (under one global batch) are left out of this epoch, a different set each epoch.
 A slot whose piece holds bad samples refills the shortfall from a refill stream that starts in the
-left-out remainder and then wraps around the epoch's stream; only refill can repeat a sample.
+left-out remainder and then wraps around the epoch's stream; only refill can repeat a sample, and a
+refill sample outside the slot's own share of the remainder is counted as a repeat (it lies in
+another slot's piece or remainder share, or this slot read it on an earlier lap).
 
 Resampled mode: each slot draws whole shards with replacement, shard j of source s with probability
 proportional to weight_s * size_j / size_s (so sources contribute samples in the ratio of their
@@ -17,6 +19,7 @@ weights), from a generator seeded by (seed, epoch, slot).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -85,28 +88,64 @@ def stream_ranges(sizes: list[int], order: np.ndarray, start: int, stop: int) ->
 
 
 class EpochPlan:
-    """The shard order of one epoch and each slot's piece and refill stream."""
+    """The shard order of one epoch and each slot's piece and refill stream.
 
-    def __init__(self, shard_set: ShardSet, layout: SlotLayout, seed: int, epoch: int):
+    `available` (sorted disjoint [low, high) intervals of epoch-stream offsets) plans a later segment
+    of an epoch resumed at another layout (segments.py): the slots then cut up only those positions,
+    in stream order, as if they were the whole stream. None: the whole epoch."""
+
+    def __init__(self, shard_set: ShardSet, layout: SlotLayout, seed: int, epoch: int,
+                 available: tuple[tuple[int, int], ...] | None = None):
         self.sizes = [shard.num_samples for shard in shard_set.shards]
-        self.layout, self.total = layout, sum(self.sizes)
+        self.layout, self.epoch_total = layout, sum(self.sizes)
         self.order = generator(seed, epoch, SHARD_ORDER).permutation(len(self.sizes))
+        starts = np.zeros(len(self.sizes), dtype=np.int64)  # each shard's offset in the epoch stream
+        ordered_sizes = np.array(self.sizes, dtype=np.int64)[self.order]
+        starts[self.order] = np.cumsum(ordered_sizes) - ordered_sizes
+        self.shard_start = starts.tolist()
+        self.available = ((0, self.epoch_total),) if available is None else tuple(available)
+        lengths = [high - low for low, high in self.available]
+        self.available_start = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64).tolist()
+        self.total = self.available_start[-1]  # samples this plan cuts up
         self.used = layout.world_size * layout.num_batches * layout.batch_size
+
+    def stream_offset(self, shard: int, index: int) -> int:
+        """Offset of a sample in the whole epoch stream."""
+        return self.shard_start[shard] + index
+
+    def ranges(self, start: int, stop: int) -> Iterator[tuple[int, int, int]]:
+        """(shard, first, end) position ranges of this plan's stream offsets start..stop-1."""
+        first = max(0, bisect.bisect_right(self.available_start, start) - 1)
+        for interval in range(first, len(self.available)):
+            begin = self.available_start[interval]
+            if begin >= stop:
+                return
+            low, high = self.available[interval]
+            low, high = low + max(0, start - begin), min(high, low + stop - begin)
+            if low < high:
+                yield from stream_ranges(self.sizes, self.order, low, high)
 
     def piece(self, slot: int) -> list[tuple[int, int, int]]:
         start = self.layout.slot_start(slot)
-        return list(stream_ranges(self.sizes, self.order, start, start + self.layout.slot_samples(slot)))
+        return list(self.ranges(start, start + self.layout.slot_samples(slot)))
+
+    def own_remainder(self, slot: int) -> int:
+        """How many samples of the left-out remainder are the slot's own share (where its refill starts)."""
+        remainder = self.total - self.used
+        slots = self.layout.num_slots
+        return (slot + 1) * remainder // slots - slot * remainder // slots if remainder > 0 else 0
 
     def refill(self, slot: int) -> Iterator[tuple[int, int, int]]:
-        """Endless ranges: from the slot's share of the left-out remainder, wrapping around the stream."""
+        """Endless ranges: from the slot's share of the left-out remainder, wrapping around the stream.
+        Only the first own_remainder(slot) positions are new to the epoch; the rest are repeats."""
         remainder = self.total - self.used
         if remainder > 0:
             begin = self.used + slot * remainder // self.layout.num_slots
         else:
             begin = slot * self.total // self.layout.num_slots
         while True:
-            yield from stream_ranges(self.sizes, self.order, begin, self.total)
-            yield from stream_ranges(self.sizes, self.order, 0, begin)
+            yield from self.ranges(begin, self.total)
+            yield from self.ranges(0, begin)
 
 
 def resampled_shards(shard_set: ShardSet, seed: int, epoch: int, slot: int) -> Iterator[int]:

@@ -4,6 +4,10 @@ Rank balance needs the sample count of every shard on every rank before the firs
 shard's count comes from the `sizes.json` beside it (written by `dmlscale shards` and img2dataset's
 tools); shards it does not list are counted by scanning their tar headers, with a warning, since that
 costs one pass over the headers of those shards on every rank.
+
+A listed shard that is absent, or a file that is not a tar (tarfile.is_tarfile: one header read), is a
+ValueError naming it, or with missing_shards="skip" a shard whose every listed sample is read back as
+a skip ("missing shard" / "not a tar"), so the run's skip fraction accounts for it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import logging
 import math
 import os
+import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +27,8 @@ from dmlscale.data.tar_reader import count_samples
 
 LOG = logging.getLogger("dmlscale.data")
 SIZES_FILE = "sizes.json"
+MISSING_SHARD, NOT_A_TAR = "missing shard", "not a tar"
+MISSING_SHARDS = ("error", "skip")
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,7 @@ class Shard:
     path: str
     num_samples: int
     source: int  # index of the source it came from
+    problem: str | None = None  # MISSING_SHARD or NOT_A_TAR: every sample is a skip (missing_shards="skip")
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,11 @@ def parse_sources(sources) -> list[tuple[list[str], float]]:
     return parsed
 
 
+def read_sizes(folder: str) -> dict:
+    """The {file name: samples} of `folder`'s sizes.json ({} without one); ValueError when unreadable."""
+    return _sizes_for_folder(folder, {})
+
+
 def _sizes_for_folder(folder: str, cache: dict) -> dict:
     if folder not in cache:
         path = os.path.join(folder, SIZES_FILE)
@@ -92,23 +105,44 @@ def _sizes_for_folder(folder: str, cache: dict) -> dict:
     return cache[folder]
 
 
-def list_shards(sources) -> ShardSet:
-    """Expand `sources` into shards with sample counts; raise ValueError on a missing file."""
-    shards, counted, cache = [], [], {}
+def check_missing_shards(value) -> str:
+    if value not in MISSING_SHARDS:
+        raise ValueError(f"missing_shards must be one of {MISSING_SHARDS}, got {value!r}")
+    return value
+
+
+def list_shards(sources, *, missing_shards: str = "error") -> ShardSet:
+    """Expand `sources` into shards with sample counts; a missing file or one that is not a tar raises
+    ValueError, or with missing_shards="skip" becomes a shard of skips (see the module docstring)."""
+    check_missing_shards(missing_shards)
+    shards, counted, cache, unusable = [], [], {}, []
     parsed = parse_sources(sources)
     for source_index, (paths, _) in enumerate(parsed):
         for path in paths:
+            problem = None
             if not os.path.isfile(path):
-                raise ValueError(f"shard {path!r} does not exist (local shard files only)")
+                problem = MISSING_SHARD
+            elif not tarfile.is_tarfile(path):
+                problem = NOT_A_TAR
+            if problem is not None and missing_shards == "error":
+                what = "does not exist (local shard files only)" if problem == MISSING_SHARD else "is not a tar file"
+                raise ValueError(f"shard {path!r} {what}; fix the shard list or set missing_shards='skip' to "
+                                 f"count its samples as skipped")
             sizes = _sizes_for_folder(os.path.dirname(os.path.abspath(path)), cache)
             size = sizes.get(os.path.basename(path))
             if size is None:
-                size = count_samples(path)
-                counted.append(path)
+                size = 0 if problem is not None else count_samples(path)
+                if problem is None:
+                    counted.append(path)
             elif isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise ValueError(f"sizes.json gives {size!r} samples for {path!r}; expected an int >= 0")
-            shards.append(Shard(path, size, source_index))
+            if problem is not None:
+                unusable.append(f"{path} ({problem}, {size} listed samples)")
+            shards.append(Shard(path, size, source_index, problem))
     if counted:
         LOG.warning("no sizes.json entry for %d of %d shards (e.g. %s): counted their samples by reading tar "
                     "headers", len(counted), len(shards), counted[0])
+    if unusable:
+        LOG.warning("%d of %d shards are unusable, their listed samples count as skipped: %s", len(unusable),
+                    len(shards), "; ".join(unusable[:10]))
     return ShardSet(tuple(shards), tuple(weight for _, weight in parsed), tuple(counted))

@@ -3,7 +3,11 @@
 Each reader (one per DataLoader worker, or the main process) owns one SkipLog. Logging never sleeps:
 the first skip is logged at once, later ones are summed and reported at most once per interval.
 The threshold compares skipped with seen samples once `check_after` samples have been seen, so a
-single bad sample at the start of an epoch does not stop a run.
+single bad sample at the start of an epoch does not stop a run. That local check is per reader; a
+trainer that checks the sums over every rank (accounting.py) turns it off with local_check=False.
+
+Besides skips, a SkipLog counts repeats (refill samples handed out that the epoch may already have
+given, see plan.py) and shards whose tar disagrees with sizes.json; `snapshot()` carries them all.
 """
 
 from __future__ import annotations
@@ -22,21 +26,38 @@ class DirtyDataError(RuntimeError):
 
 class SkipLog:
     def __init__(self, *, max_skip_fraction: float, check_after: int, log_interval_s: float,
-                 where: str = "", clock=time.monotonic):
+                 where: str = "", clock=time.monotonic, local_check: bool = True):
         self.max_skip_fraction, self.check_after = max_skip_fraction, check_after
         self.log_interval_s, self.where, self.clock = log_interval_s, where, clock
-        self.num_seen = 0
-        self.by_reason: Counter[str] = Counter()
-        self.by_shard: Counter[str] = Counter()
+        self.local_check = local_check
+        self.size_mismatch: dict[str, list[int]] = {}  # path -> [listed, actual]
+        self.sizes_checked: set[str] = set()  # shards whose true size was counted
+        self.forget_counts()
         self._unlogged: Counter[str] = Counter()
         self._last_log = None
+
+    def forget_counts(self) -> None:
+        """Zero the sample counters (after a resume replay: those samples were counted before)."""
+        self.num_seen = self.num_repeats = 0
+        self.by_reason: Counter[str] = Counter()
+        self.by_shard: Counter[str] = Counter()
 
     @property
     def num_skipped(self) -> int:
         return sum(self.by_reason.values())
 
-    def saw_good(self) -> None:
+    def saw_good(self, *, repeat: bool = False) -> None:
         self.num_seen += 1
+        self.num_repeats += repeat
+
+    def sizes_disagree(self, shard_path: str, listed: int, actual: int) -> None:
+        """Record (and warn once) that the tar holds `actual` samples where sizes.json lists `listed`."""
+        if shard_path in self.size_mismatch:
+            return
+        self.size_mismatch[shard_path] = [listed, actual]
+        LOG.warning("%ssizes.json lists %d samples for %s but the tar holds %d%s", self.where, listed,
+                    shard_path, actual, "; the samples past the listed count are never read" if actual > listed
+                    else "; the missing positions count as truncated")
 
     def skip(self, reason: str, shard_path: str, key: str) -> None:
         """Record one bad sample, log if due, and raise DirtyDataError past the threshold."""
@@ -51,7 +72,8 @@ class SkipLog:
                         key, os.path.basename(shard_path), self.num_skipped, self.num_seen)
             self._unlogged.clear()
             self._last_log = now
-        self.check()
+        if self.local_check:
+            self.check()
 
     def check(self) -> None:
         if self.num_seen < self.check_after or self.num_skipped <= self.max_skip_fraction * self.num_seen:
@@ -65,4 +87,6 @@ class SkipLog:
 
     def snapshot(self) -> dict:
         """Picklable counters, sent along with each batch to the main process."""
-        return {"seen": self.num_seen, "by_reason": dict(self.by_reason), "by_shard": dict(self.by_shard)}
+        return {"seen": self.num_seen, "skipped": self.num_skipped, "repeats": self.num_repeats,
+                "by_reason": dict(self.by_reason), "by_shard": dict(self.by_shard),
+                "size_mismatch": {path: list(counts) for path, counts in self.size_mismatch.items()}}

@@ -22,7 +22,7 @@ from dmlscale.data.plan import SAMPLE_BUFFER, EpochPlan, SlotLayout, batches_bef
     worker_batches
 from dmlscale.data.shard_list import ShardSet
 from dmlscale.data.skip_log import DirtyDataError, SkipLog
-from dmlscale.data.tar_reader import RawSample, read_samples
+from dmlscale.data.tar_reader import RawSample, count_samples, read_samples
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ class StreamConfig:
     max_skip_fraction: float
     skip_check_after: int
     log_interval_s: float
+    local_skip_check: bool = True  # False: the trainer checks the skip fraction over all ranks
+    available: tuple[tuple[int, int], ...] | None = None  # epoch-stream intervals left for this segment
 
 
 def shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
@@ -77,33 +79,54 @@ class SlotStream(IterableDataset):
         worker = (loader_worker + self.start_batch) % layout.workers  # the DataLoader starts with its worker 0
         slot = layout.slot(config.rank, worker)
         skip_log = SkipLog(max_skip_fraction=config.max_skip_fraction, check_after=config.skip_check_after,
-                           log_interval_s=config.log_interval_s, where=f"rank {config.rank} worker {worker}: ")
+                           log_interval_s=config.log_interval_s, where=f"rank {config.rank} worker {worker}: ",
+                           local_check=config.local_skip_check)
         samples = self._valid_samples(slot, skip_log)
         first = batches_before(self.start_batch, layout.workers, worker)
         for _ in range(first * layout.batch_size):  # replay what was already consumed
             next(samples)
+        if first:
+            skip_log.forget_counts()  # the replayed samples were counted when they were first read
         for local_batch in range(first, worker_batches(layout.num_batches, layout.workers, worker)):
             chosen = [next(samples) for _ in range(layout.batch_size)]
             batch = self._collate(chosen, slot, local_batch)
             batch["_worker"], batch["_skips"] = loader_worker, skip_log.snapshot()
             yield batch
 
-    def _raw_stream(self, slot: int, known_bad: set) -> Iterator[RawSample]:
+    def _read(self, shard: int, low: int, high: int, skip_log: SkipLog) -> Iterator[RawSample]:
+        """Positions low..high-1 of a shard; an unusable shard (missing, not a tar) gives only skips."""
+        entry = self.config.shard_set.shards[shard]
+        if entry.problem is not None:
+            for index in range(low, high):
+                yield RawSample(shard, index, "", problem=entry.problem)
+            return
+
+        def disagree():
+            if entry.path not in skip_log.sizes_checked:  # one count per shard and reader
+                skip_log.sizes_checked.add(entry.path)
+                actual = count_samples(entry.path)
+                if actual != entry.num_samples:
+                    skip_log.sizes_disagree(entry.path, entry.num_samples, actual)
+
+        yield from read_samples(entry.path, shard, low, high, listed=entry.num_samples, on_size_mismatch=disagree)
+
+    def _raw_stream(self, slot: int, known_bad: set, skip_log: SkipLog) -> Iterator[RawSample]:
         config, shards = self.config, self.config.shard_set.shards
         rng = random.Random(int(generator(config.seed, self.epoch, SAMPLE_BUFFER, slot).integers(2**63)))
         if config.mode == "resampled":
             drawn = resampled_shards(config.shard_set, config.seed, self.epoch, slot)
-            raw = (sample for shard in drawn for sample in read_samples(shards[shard].path, shard, 0,
-                                                                        shards[shard].num_samples))
+            raw = (sample for shard in drawn for sample in self._read(shard, 0, shards[shard].num_samples, skip_log))
             yield from shuffled(raw, config.shuffle_buffer, rng)
             return
-        plan = EpochPlan(config.shard_set, config.layout, config.seed, self.epoch)
-        piece = (sample for shard, low, high in plan.piece(slot)
-                 for sample in read_samples(shards[shard].path, shard, low, high))
+        plan = EpochPlan(config.shard_set, config.layout, config.seed, self.epoch, config.available)
+        piece = (sample for shard, low, high in plan.piece(slot) for sample in self._read(shard, low, high, skip_log))
         yield from shuffled(piece, config.shuffle_buffer, rng)
         passed = 0  # known-bad positions passed in a row: a whole lap of them means nothing is left
+        fresh = plan.own_remainder(slot)  # refill positions that are new to the epoch; the rest are repeats
         for shard, low, high in plan.refill(slot):  # only reached when the piece held bad samples
-            for sample in read_samples(shards[shard].path, shard, low, high):
+            for sample in self._read(shard, low, high, skip_log):
+                sample.repeat = fresh <= 0
+                fresh -= 1
                 if (sample.shard, sample.index) not in known_bad:
                     passed = 0
                     yield sample
@@ -113,11 +136,28 @@ class SlotStream(IterableDataset):
                     raise DirtyDataError(f"slot {slot}: no usable sample left in epoch {self.epoch} of "
                                          f"{len(shards)} shards, e.g. {shards[shard].path}")
 
-    def _valid_samples(self, slot: int, skip_log: SkipLog) -> Iterator[tuple[str, object, object]]:
-        """(key, PIL image, caption or label) of the slot's usable samples, endlessly."""
+    def consumed_positions(self, slot: int, num_samples: int) -> list[int]:
+        """Epoch-stream offsets of every sample the slot processed (handed out or skipped) up to its
+        `num_samples`-th usable one: a replay that reads and decodes, without transforms."""
+        skip_log = SkipLog(max_skip_fraction=1.0, check_after=1, log_interval_s=float("inf"), local_check=False,
+                           where=f"replaying slot {slot}: ")
+        processed: list[tuple[int, int]] = []
+        samples = self._valid_samples(slot, skip_log, processed)
+        for _ in range(num_samples):
+            next(samples)
+        config = self.config
+        plan = EpochPlan(config.shard_set, config.layout, config.seed, self.epoch, config.available)
+        return [plan.stream_offset(shard, index) for shard, index in processed]
+
+    def _valid_samples(self, slot: int, skip_log: SkipLog,
+                       processed: list | None = None) -> Iterator[tuple[str, object, object]]:
+        """(key, PIL image, caption or label) of the slot's usable samples, endlessly; `processed`
+        collects the (shard, position) of every sample taken from the stream."""
         config, known_bad, bad_in_a_row = self.config, set(), 0
         limit = max(config.shard_set.num_samples, 1) * 2
-        for raw in self._raw_stream(slot, known_bad):
+        for raw in self._raw_stream(slot, known_bad, skip_log):
+            if processed is not None:
+                processed.append((raw.shard, raw.index))
             reason = raw.problem
             if reason is None:
                 try:
@@ -127,7 +167,7 @@ class SlotStream(IterableDataset):
                     reason = bad.reason
             if reason is None:
                 bad_in_a_row = 0
-                skip_log.saw_good()
+                skip_log.saw_good(repeat=raw.repeat)
                 yield raw.key, image, target
                 continue
             known_bad.add((raw.shard, raw.index))

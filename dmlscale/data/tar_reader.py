@@ -8,12 +8,14 @@ or a field repeated within a sample, marks the sample as a duplicate. A tar that
 be read at all) yields a "truncated tar" problem for every planned position it no longer holds, and
 for its last sample read (tarfile ends quietly on a cut header, so that sample may be incomplete).
 Reading uses the tar's random-access mode, so positions before `start` cost a header read each.
+A reader given the shard's listed size also reports when the tar disagrees with it: it ends before
+`stop`, or a read up to the listed size finds one more key after it (sizes.json under-counts).
 """
 
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 TRUNCATED = "truncated tar"
@@ -30,6 +32,7 @@ class RawSample:
     key: str
     fields: dict[str, bytes] = field(default_factory=dict)
     problem: str | None = None
+    repeat: bool = False  # a refill sample this or another slot may already have handed out this epoch
 
 
 def split_name(name: str) -> tuple[str, str] | None:
@@ -47,10 +50,15 @@ def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
             yield member
 
 
-def read_samples(path: str, shard: int, start: int, stop: int) -> Iterator[RawSample]:
+def read_samples(path: str, shard: int, start: int, stop: int, *, listed: int | None = None,
+                 on_size_mismatch: Callable[[], None] | None = None) -> Iterator[RawSample]:
     """Yield the samples at positions start..stop-1 of the tar at `path`, in order, exactly
-    stop - start of them: missing positions come back with problem TRUNCATED."""
+    stop - start of them: missing positions come back with problem TRUNCATED.
+
+    `on_size_mismatch()` is called (at most once) when the tar ends before `stop`, or when `stop` is
+    the `listed` size and the tar holds a further sample."""
     position, current, seen_keys = -1, None, set()
+    report = on_size_mismatch or (lambda: None)
     try:
         with tarfile.open(path, mode="r:") as tar:
             for member in _members(tar):
@@ -60,6 +68,8 @@ def read_samples(path: str, shard: int, start: int, stop: int) -> Iterator[RawSa
                         yield current
                     position += 1
                     if position >= stop:
+                        if stop == listed:
+                            report()
                         return
                     current = RawSample(shard, position, key)
                     if key in seen_keys:
@@ -77,6 +87,8 @@ def read_samples(path: str, shard: int, start: int, stop: int) -> Iterator[RawSa
     except _READ_ERRORS:
         if current is not None:
             current.problem, current.fields = TRUNCATED, {}
+    if position + 1 < stop:
+        report()
     if current is not None and start <= position < stop:
         if position + 1 < stop:  # the tar ended short of its planned count: its last sample may be cut
             current.problem, current.fields = TRUNCATED, {}

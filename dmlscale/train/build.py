@@ -20,15 +20,38 @@ SIGLIP_INIT_LOGIT_BIAS = -10.0
 
 
 def split_shards(data: DataConfig, split: str) -> list[str]:
-    """The shard files of `split` ("train" or "test"): the configured pattern, or every .tar in root/split."""
+    """The shard files of `split` ("train" or "test"): the configured pattern, or every .tar in
+    root/split together with every shard its sizes.json lists. A listed shard absent on disk is a
+    ValueError naming it, or with data.missing_shards=skip kept in the list, so that the training
+    loader counts its listed samples as skipped; evaluation, which reads every sample once and keeps no
+    skip budget, leaves such shards (and files that are not tars) out with a warning."""
+    import logging
+    import tarfile
+
+    from dmlscale.data.shard_list import read_sizes
+
     pattern = data.train_shards if split == "train" else data.eval_shards
     if pattern is not None:
         return [pattern]
-    paths = sorted(glob.glob(os.path.join(data.root, split, "*.tar")))
+    folder = os.path.join(data.root, split)
+    on_disk = sorted(glob.glob(os.path.join(folder, "*.tar")))
+    listed = read_sizes(folder) if os.path.isdir(folder) else {}
+    absent = sorted(os.path.join(folder, name) for name in listed
+                    if name.endswith(".tar") and not os.path.isfile(os.path.join(folder, name)))
+    if absent and data.missing_shards == "error":
+        raise ValueError(f"{os.path.join(folder, 'sizes.json')} lists {len(absent)} shards absent on disk: "
+                         f"{absent[:10]}; restore them, or set data.missing_shards=skip to count their samples "
+                         f"as skipped")
+    paths = sorted(on_disk + absent)
+    if data.missing_shards == "skip" and split != "train":
+        unusable = absent + [path for path in on_disk if not tarfile.is_tarfile(path)]
+        if unusable:
+            logging.getLogger("dmlscale.data").warning(
+                "evaluation leaves out %d shards that are absent or not tars: %s", len(unusable), unusable[:10])
+        paths = [path for path in paths if path not in unusable]
     if not paths:
         key = "data.train_shards" if split == "train" else "data.eval_shards"
-        raise ValueError(f"no shards in {os.path.join(data.root, split)!r}; set data.root, {key}, "
-                         f"or data.source=digits to write them")
+        raise ValueError(f"no shards in {folder!r}; set data.root, {key}, or data.source=digits to write them")
     return paths
 
 
@@ -157,14 +180,18 @@ def build_loss(loss: LossConfig, *, embedding_size: int | None = None) -> torch.
 
 
 def make_train_loader(config: Config, rank: int, world_size: int, transform, tokenizer, context_length: int):
-    """The training loader: every sample once per epoch, equal batch counts on every rank."""
+    """The training loader: every sample once per epoch, equal batch counts on every rank. Its skip
+    fraction is checked by the trainer on the totals of all ranks (local_skip_check=False), so the
+    same data stops a run at any world size."""
     from dmlscale.data.pipeline import make_loader
 
     data = config.data
     return make_loader(split_shards(data, "train"), batch_size=data.batch_size, rank=rank, world_size=world_size,
                        num_workers=data.num_workers, seed=config.seed, mode="epoch", task=data.task,
                        image_transform=transform, tokenizer=tokenizer, context_length=context_length or 77,
-                       shuffle_buffer=data.shuffle_buffer)
+                       shuffle_buffer=data.shuffle_buffer, max_skip_fraction=data.max_skip_fraction,
+                       skip_check_after=data.skip_check_after, missing_shards=data.missing_shards,
+                       local_skip_check=False)
 
 
 def build_run_engine(config: Config, model: torch.nn.Module, device: torch.device, *, local_rank: int):

@@ -105,9 +105,10 @@ def test_resampled_shard_probabilities_follow_source_weights(uneven):
     assert np.abs(counts - expected).max() < 0.01  # sd of each frequency < 0.0025
 
 
-def test_a_state_from_another_layout_is_refused(uneven):
+def test_a_state_that_cannot_be_resumed_is_refused_by_name(uneven):
     state = loader_for(uneven, 2).state_dict()
-    for changed, needle in [({"num_workers": 4}, "num_workers"), ({"seed": 12}, "seed"),
-                            ({"shards": "0" * 16}, "shards"), ({"batches_consumed": 99}, "batches_consumed")]:
+    for changed, needle in [({"seed": 12}, "seed"), ({"mode": "resampled"}, "mode"), ({"shards": "0" * 16}, "shards"),
+                            ({"batches_consumed": 99}, "batches_consumed"), ({"num_batches": 24}, "num_batches"),
+                            ({"segments": [{"world_size": 0}]}, "world_size"), ({"epoch": -1}, "epoch")]:
         with pytest.raises(ValueError, match=needle):
             loader_for(uneven, 2).load_state_dict({**state, **changed})
