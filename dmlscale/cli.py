@@ -40,10 +40,20 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(_chosen_command(argv)).parse_args(argv)
     try:
-        importlib.import_module(COMMANDS[args.command][0]).main_from_args(args)
+        result = importlib.import_module(COMMANDS[args.command][0]).main_from_args(args)
     except ValueError as error:
         print(f"dmlscale {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except RuntimeError as error:
+        if not type(error).__module__.startswith("dmlscale."):
+            raise
+        # a failure dmlscale can explain (bad data, a full disk, non-finite steps, a failed rank): no traceback
+        print(f"dmlscale {args.command}: error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    if isinstance(result, dict) and result.get("stopped"):
+        from dmlscale.train.train_cli import EXIT_STOPPED
+
+        return EXIT_STOPPED
     return 0
 
 

@@ -51,6 +51,7 @@ class NonFiniteGuard:
 
         def guarded_step(*args, **kwargs):
             return None if self.skipping else step(*args, **kwargs)
+        guarded_step._wrapped_by_lr_sched = True  # still the scheduler-aware step torch's LambdaLR checks for
         base_optimizer.step = guarded_step
 
     def wrap_loss(self, loss_fn: Callable) -> Callable:

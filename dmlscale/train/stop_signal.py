@@ -1,20 +1,34 @@
 """Stop cleanly on SIGTERM / SIGUSR1 (preemption, Slurm's time-limit warning, torchrun shutting down).
 
-The handler only records the signal; the trainer asks `requested()` at every step boundary, which
-all-reduces the flag (MAX) so that every rank stops after the same step, even when the signal reached
-only some of them or reached them during different steps. The trainer then checkpoints and returns,
-and `--resume latest` continues from exactly that step.
+The handler only records the signal; the trainer calls `exchange(counts)` at every step boundary: one
+all-reduce (SUM) carries which signal reached which rank together with the trainer's per-rank counters
+(data accounting), so that every rank stops after the same step with the same cause, even when the
+signal reached only some of them or reached them during different steps. The trainer then checkpoints
+and exits with EXIT_STOPPED, and a restart (or `--resume latest`) continues from exactly that step.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
+
+from dmlscale.distributed.collectives import all_reduce_sum_no_grad, world_rank_and_size
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    signum: int  # the signal (SIGTERM wins over SIGUSR1 when both arrived)
+    ranks: tuple[int, ...]  # the ranks it reached
+
+    def describe(self) -> str:
+        return f"{signal.Signals(self.signum).name} received by rank{'s' if len(self.ranks) > 1 else ''} " \
+               f"{', '.join(map(str, self.ranks))}"
 
 
 class StopSignal:
@@ -39,9 +53,18 @@ class StopSignal:
             signal.signal(signum, handler)
         self._previous = {}
 
-    def requested(self) -> bool:
-        """True on every rank once any rank has received a signal (collective when distributed)."""
-        flag = torch.tensor([0.0 if self.received is None else 1.0], device=self.device)
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
+    def exchange(self, counts: Sequence[float] = ()) -> tuple[StopRequest | None, list[float]]:
+        """Collective: (the stop request if any rank received a signal, else None; `counts` summed over
+        ranks). Every rank gets the same answer."""
+        rank, world_size = world_rank_and_size()
+        received = torch.zeros(len(SIGNALS), world_size, dtype=torch.float64)
+        if self.received is not None:
+            received[SIGNALS.index(self.received), rank] = 1
+        local = torch.cat([received.flatten(), torch.tensor(list(counts), dtype=torch.float64)])
+        total = all_reduce_sum_no_grad(local.to(self.device)).cpu()
+        flags, summed = total[:received.numel()].view_as(received), total[received.numel():].tolist()
+        for index, signum in enumerate(SIGNALS):
+            ranks = tuple(int(r) for r in torch.nonzero(flags[index] > 0).flatten().tolist())
+            if ranks:
+                return StopRequest(int(signum), ranks), summed
+        return None, summed

@@ -3,7 +3,11 @@
 Without --config it runs configs/quickstart.yaml (digits shards written if missing, a small CLIP on
 the CPU, zero-shot accuracy on held-out digits with unseen prompts). Under torchrun or Slurm every
 process runs this command and finds its rank in the environment; `--nproc N` instead starts N local
-gloo processes itself (no torchrun needed).
+gloo processes itself (no torchrun needed), and passes SIGTERM / SIGUSR1 on to them.
+
+Exit codes: 0 finished; EXIT_STOPPED (75, "temporary failure") stopped before the end by a signal or
+train.stop_at, with a checkpoint to resume from; 1 the run failed (the message says why); 2 bad
+arguments or config.
 """
 
 from __future__ import annotations
@@ -11,11 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import tempfile
+import traceback
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "quickstart.yaml"
+EXIT_STOPPED = 75  # preempted or stopped at train.stop_at: resumable, not finished (EX_TEMPFAIL)
+
+
+class RankFailed(RuntimeError):
+    """A --nproc process failed; the message is that rank's error."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +50,8 @@ def resolve_config_path(path: str | None) -> Path:
 
 
 def _spawned_rank(local_rank: int, world_size: int, port: int, config_dict: dict, out_dir: str) -> None:
-    """One of the --nproc processes: torchrun's variables for this rank, then the trainer."""
+    """One of the --nproc processes: torchrun's variables for this rank, then the trainer. Its outcome (rank
+    0's summary, or any rank's error) is written to out_dir for the parent."""
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world_size),
                       LOCAL_WORLD_SIZE=str(world_size), GROUP_RANK="0", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -50,6 +62,10 @@ def _spawned_rank(local_rank: int, world_size: int, port: int, config_dict: dict
 
     try:
         summary = train(section_from_dict(Config, config_dict))
+    except Exception as error:
+        Path(out_dir, f"error{local_rank}.json").write_text(json.dumps(
+            {"type": type(error).__name__, "message": str(error), "traceback": traceback.format_exc()}))
+        raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -58,27 +74,51 @@ def _spawned_rank(local_rank: int, world_size: int, port: int, config_dict: dict
 
 
 def spawn(config, nproc: int) -> dict:
-    """Run `config` on `nproc` local processes (gloo on loopback); rank 0's summary."""
+    """Run `config` on `nproc` local processes (gloo on loopback); rank 0's summary. SIGTERM / SIGUSR1 to
+    this process are passed on to every rank, which then stop together with a checkpoint."""
     import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException
 
     from dmlscale.distributed import world_info_from_env
     from dmlscale.distributed.env import free_port
+    from dmlscale.train.stop_signal import SIGNALS
 
     launcher = world_info_from_env().launcher
     if launcher != "single":
         raise ValueError(f"--nproc {nproc} starts its own processes; it cannot run under torchrun or Slurm "
                          f"(this process was started by {launcher})")
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.start_processes(_spawned_rank, args=(nproc, free_port(), config.to_dict(), out_dir), nprocs=nproc,
-                           join=True, start_method="spawn")
+        context = mp.start_processes(_spawned_rank, args=(nproc, free_port(), config.to_dict(), out_dir),
+                                     nprocs=nproc, join=False, start_method="spawn")
+
+        def forward(signum, frame) -> None:
+            for process in context.processes:
+                if process.is_alive():
+                    os.kill(process.pid, signum)
+        previous = {signum: signal.signal(signum, forward) for signum in SIGNALS}
+        try:
+            while True:
+                try:
+                    if context.join(timeout=1):
+                        break
+                except ProcessException:
+                    errors = sorted(Path(out_dir).glob("error*.json"))
+                    if errors:
+                        error = json.loads(errors[0].read_text())
+                        raise RankFailed(f"rank {errors[0].stem[5:]}: {error['type']}: {error['message']}") from None
+                    raise
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         return json.loads(Path(out_dir, "summary.json").read_text())
 
 
 def print_summary(summary: dict, run_dir: str) -> None:
     if summary.get("stopped"):
-        cause = f"signal {summary['signal']}" if summary.get("signal") else "train.stop_at"
-        print(f"dmlscale train: stopped by {cause} after step {summary['step']}, checkpoint saved; "
-              f"continue with --resume latest (run folder {run_dir})")
+        print(f"dmlscale train: stopped after step {summary['step']} ({summary['cause']}), checkpoint saved; "
+              f"continue with --resume latest (run folder {run_dir}); exit code {EXIT_STOPPED}")
+        return
+    if summary.get("already_finished"):
         return
     shown = {k: v for k, v in summary.items() if k.startswith("eval/") and not k.endswith("rank")}
     for key, value in shown.items():

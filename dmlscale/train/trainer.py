@@ -5,8 +5,15 @@
     checkpoints -> final eval, checkpoint, exported weights, plots
 
 The run folder (config.run_dir) holds config.yaml, metrics.jsonl, checkpoints/ (DeepSpeed, with a
-`latest` pointer), export/ (consolidated fp32 weights open_clip loads), plots/, wandb/ and summary.json.
-`main(argv)` takes the command line of `dmlscale train`.
+`latest` pointer), export/ (consolidated fp32 weights open_clip loads), plots/, wandb/, summary.json,
+ledger/ (train.ledger) and .dmlscale.lock while a session owns it. `main(argv)` takes the command line of
+`dmlscale train`.
+
+Faults (see README "Fault tolerance"): the folder lock and the resume decision come before any write
+(session.py); a restarted worker (torchrun's TORCHELASTIC_RESTART_COUNT > 0) resumes from the newest
+complete checkpoint by itself; a NaN/Inf anywhere skips the update on every rank (nonfinite.py); bad
+data is limited over the whole run (data_accounting.py); a signal to any rank stops every rank after
+the same step with a checkpoint (stop_signal.py).
 """
 
 from __future__ import annotations
@@ -17,10 +24,15 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
-from dmlscale.train import build
+from dmlscale.distributed import init_process_group, world_info_from_env
+from dmlscale.distributed.collectives import all_gather_objects, barrier
+from dmlscale.distributed.env import WorldInfo
+from dmlscale.train import build, checkpoint
 from dmlscale.train.config import Config, save_config
+from dmlscale.train.data_accounting import GlobalDataAccounting
+from dmlscale.train.nonfinite import NonFiniteGuard
+from dmlscale.train.session import CHECKPOINTS, lock_run_folder, plan_resume
 from dmlscale.train.step_metrics import (GradNormProbe, StepRecorder, logit_metrics, output_similarity_metrics,
                                          skipped_metrics)
 from dmlscale.train.stop_signal import StopSignal
@@ -33,29 +45,22 @@ def _device(config: Config, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
 
 
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 class Run:
-    """Everything one rank needs during training, built from a Config."""
+    """Everything one rank needs during training, built from a Config: first the process group (cheap,
+    nothing written), then `build()` once the session owns the run folder."""
 
-    def __init__(self, config: Config):
-        from dmlscale.distributed import init_process_group, world_info_from_env
-
-        self.config, self.info = config, world_info_from_env()
-        threads = config.train.threads or max(1, (os.cpu_count() or 1) // self.info.local_world_size)
+    def __init__(self, config: Config, info: WorldInfo):
+        self.config, self.info = config, info
+        threads = config.train.threads or max(1, (os.cpu_count() or 1) // info.local_world_size)
         torch.set_num_threads(threads)
-        init_process_group(self.info)
-        self.rank, self.world_size = self.info.rank, self.info.world_size
-        self.device = _device(config, self.info.local_rank)
+        init_process_group(info, timeout_s=config.train.group_timeout_s)
+        self.rank, self.world_size = info.rank, info.world_size
+        self.device = _device(config, info.local_rank)
         self.run_dir = Path(config.run_dir)
-        if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, self.run_dir / "config.yaml")
-        build.prepare_shards(config.data, rank=self.rank, barrier=_barrier)
 
+    def build(self) -> None:
+        config = self.config
+        build.prepare_shards(config.data, rank=self.rank, barrier=barrier)
         torch.manual_seed(config.seed)  # same initial weights on every rank
         self.model = build.build_run_model(config)
         self.task = config.data.task
@@ -70,6 +75,9 @@ class Run:
         self.chunks = config.train.grad_cache_chunks
         self.engine = build.build_run_engine(config, self.model, self.device, local_rank=self.info.local_rank)
         self.recorder, self.grad_norm = StepRecorder(), GradNormProbe(self.engine)
+        self.guard = NonFiniteGuard(self.engine, self.engine.dmlscale_base_optimizer, rank=self.rank,
+                                    world_size=self.world_size, max_in_a_row=config.train.max_nonfinite_steps,
+                                    device=self.device)
 
     def forward_fn(self, chunk: dict) -> dict:
         if self.task == "image_label":
@@ -91,8 +99,9 @@ class Run:
             loss_fn = lambda out: self.loss_fn(out["image_features"], out["text_features"],  # noqa: E731
                                                out["logit_scale"], out.get("logit_bias"))
         self.labels = batch.get("label")
-        loss_fn = self.recorder.wrap(loss_fn, keep_outputs=keep_outputs)
-        return float(engine_contrastive_step(self.engine, chunks, self.forward_fn, loss_fn))
+        loss_fn = self.guard.wrap_loss(self.recorder.wrap(loss_fn, keep_outputs=keep_outputs))
+        return float(engine_contrastive_step(self.engine, chunks, self.forward_fn, loss_fn,
+                                             before_update=self.guard.before_update))
 
     def step_metrics(self) -> dict:
         """Everything logged beside loss and timing at a log step (collective: every rank calls it)."""
@@ -100,6 +109,7 @@ class Run:
 
         out = {**self.recorder.pop_terms(), **logit_metrics(self.engine.module),
                "train/grad_norm": self.grad_norm.value(), **skipped_metrics(self.loader.skipped),
+               "train/skipped_nonfinite": self.guard.num_skipped,
                "perf/peak_memory_bytes": peak_memory_bytes(self.device)}
         if self.recorder.outputs is not None:
             out.update(output_similarity_metrics(self.recorder.outputs, self.labels))
@@ -120,31 +130,84 @@ class Run:
                         similarity_samples=similarity_samples, progress=config.monitor.console)
 
 
+def _inject_nan(config: Config, batch: dict, step: int, rank: int) -> None:
+    """faults.nan_steps: one NaN pixel in this rank's batch (a real non-finite input, for drills and tests)."""
+    if step in config.faults.nan_steps and rank == config.faults.nan_rank:
+        batch["image"] = batch["image"].clone()
+        batch["image"].view(-1)[0] = float("nan")
+
+
+def _apply_schedule_changes(engine, config: Config) -> None:
+    """After loading a checkpoint: the new peak learning rate and schedule length from the current step on
+    (DeepSpeed restored the saved base rate; the schedule's lambda is already the new config's)."""
+    scheduler = engine.lr_scheduler
+    scheduler.base_lrs = [config.optim.lr for _ in scheduler.base_lrs]
+    for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+        group["initial_lr"] = base
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+
+
 def train(config: Config) -> dict:
     """Run (or resume) the training described by `config`; returns the final metrics on every rank."""
+    started = time.perf_counter()
+    info = world_info_from_env()
+    requested = config.checkpoint.resume
+    if requested is None and info.restart_count > 0:
+        requested = checkpoint.LATEST  # a worker restarted by torchrun continues the run
+    run = Run(config, info)
+    lock = lock_run_folder(run.run_dir, rank=run.rank, job_id=info.job_id)
+    try:
+        plan = plan_resume(config, requested, world_size=run.world_size)  # may refuse: nothing written yet
+        return _train_session(config, run, plan, started)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_session(config: Config, run: Run, plan, started: float) -> dict:
+    """The session once it owns the run folder and its resume was accepted."""
     from dmlscale.monitor import MetricsLog, Progress, StepTimer, plot_curves, plot_similarity_histograms, read_metrics
     from dmlscale.monitor.wandb_run import WandbRun
-    from dmlscale.train import checkpoint
 
-    started = time.perf_counter()
-    run = Run(config)
-    checkpoint_dir = run.run_dir / "checkpoints"
+    checkpoint_dir = run.run_dir / CHECKPOINTS
+    summary_path = run.run_dir / "summary.json"
+    if plan.tag is not None and plan.step >= config.train.steps and summary_path.is_file():
+        if run.rank == 0:
+            print(f"dmlscale train: {run.run_dir} already finished at step {plan.step} of {config.train.steps}; "
+                  f"nothing to do (raise train.steps to train further)")
+        return {**json.loads(summary_path.read_text()), "already_finished": True}
+    if run.rank == 0:
+        if plan.tag is None and (run.run_dir / "metrics.jsonl").exists():
+            print(f"dmlscale train: starting afresh in {run.run_dir} (no checkpoint in it); its old metrics.jsonl "
+                  f"is replaced")
+            (run.run_dir / "metrics.jsonl").unlink()
+        save_config(config, run.run_dir / "config.yaml")
+    run.build()
     step, extra = 0, {}
-    resume = config.checkpoint.resume
-    if resume == checkpoint.LATEST and not (checkpoint_dir / checkpoint.LATEST).is_file():
-        resume = None  # nothing saved yet (a first start under Slurm's --resume latest): start fresh
-    if resume is not None:
-        state = checkpoint.load(run.engine, checkpoint_dir, tag=resume)
+    if plan.tag is not None:
+        relayout = bool(plan.changes and plan.changes.relayout)
+        state = checkpoint.load(run.engine, checkpoint_dir, tag=plan.tag, allow_world_size_change=relayout)
         step, extra = state["step"], state["extra"]
         run.loader.load_state_dict(extra["data"])
-    elif run.rank == 0 and (run.run_dir / "metrics.jsonl").exists():
-        print(f"dmlscale train: starting afresh in {run.run_dir}; its old metrics.jsonl is replaced "
-              f"(--resume latest continues a run instead)")
-        (run.run_dir / "metrics.jsonl").unlink()
+        run.guard.num_skipped = extra.get("nonfinite_skipped", 0)
+        if plan.changes is not None and plan.changes.applied:
+            _apply_schedule_changes(run.engine, config)
+        if run.rank == 0:
+            print(f"dmlscale train: resuming {run.run_dir} from checkpoint {plan.tag} (step {step})")
+            for line in plan.changes.describe() if plan.changes else []:
+                print(f"dmlscale train: resume: {line}")
+    accounting = GlobalDataAccounting(run.loader, config.data, rank=run.rank, earlier=extra.get("data_totals"))
     wandb = WandbRun(config.monitor.wandb, project=config.monitor.project, run_dir=run.run_dir,
                      run_id=extra.get("wandb_run_id"), config=config.to_dict(), rank=run.rank,
                      system_metrics=False, name=config.name)
-    metrics_log = MetricsLog(run.run_dir / "metrics.jsonl", rank=run.rank)
+    metrics_log = MetricsLog(run.run_dir / "metrics.jsonl", rank=run.rank,
+                             resume_step=step if plan.tag is not None else None)
+    ledger = None
+    if config.train.ledger:
+        from dmlscale.train.ledger import Ledger
+
+        ledger = Ledger(run.run_dir, rank=run.rank, session=all_gather_objects(time.time())[0])
 
     def log(metrics: dict, at: int) -> None:
         public = {k: v for k, v in metrics.items() if not k.startswith("_")}
@@ -154,25 +217,37 @@ def train(config: Config) -> dict:
         wandb.log(public, at)
 
     def save(at: int) -> None:
-        checkpoint.save(run.engine, checkpoint_dir, at, {"data": run.loader.state_dict(),
-                                                         "wandb_run_id": wandb.run_id}, run_id=wandb.run_id or "")
+        checkpoint.save(run.engine, checkpoint_dir, at,
+                        {"data": run.loader.state_dict(), "wandb_run_id": wandb.run_id, "config": config.to_dict(),
+                         "data_totals": accounting.global_totals(), "nonfinite_skipped": run.guard.num_skipped},
+                        run_id=wandb.run_id or "", keep_last=config.checkpoint.keep_last,
+                        keep_every=config.checkpoint.keep_every)
 
     timer, total = StepTimer(), config.train.steps
     losses: list[float] = []
-    stopping = False
+    stop_cause = None
     with Progress(total, desc="train", unit="step", rank=run.rank, initial=min(step, total),
                   enabled=config.monitor.console) as bar, StopSignal(run.device) as stop_signal:
-        while step < total and not stopping:
+        while step < total and stop_cause is None:
             for batch in run.loader:
                 timer.data_done()
                 logging = (step + 1) % config.train.log_every == 0 or step + 1 == total
-                losses.append(run.train_step(batch, keep_outputs=logging))
+                _inject_nan(config, batch, step + 1, run.rank)
+                loss = run.train_step(batch, keep_outputs=logging)
+                skipped = run.guard.after_update(step + 1)
+                if not skipped:
+                    losses.append(loss)
+                if ledger is not None:
+                    ledger.record(step + 1, run.loader.epoch, batch["key"], applied=not skipped)
                 timer.step_done(len(batch["image"]))
                 step += 1
-                bar.update(1, loss=f"{losses[-1]:.3f}")
+                bar.update(1, loss=f"{loss:.3f}")
+                request, summed = stop_signal.exchange(accounting.local_counts())
+                accounting.check(summed)
                 if logging:
                     lr = run.engine.get_lr()[0]
-                    log({"train/loss": sum(losses) / len(losses), "train/lr": lr,
+                    train_loss = sum(losses) / len(losses) if losses else float("nan")
+                    log({"train/loss": train_loss, "train/lr": lr, "data/repeats_total": summed[2],
                          **timer.summary(global_samples=timer.num_samples * run.world_size), **run.step_metrics()},
                         step)
                     losses.clear()
@@ -182,14 +257,19 @@ def train(config: Config) -> dict:
                     timer.reset()
                 if config.checkpoint.every and step % config.checkpoint.every == 0 and step < total:
                     save(step)
-                stopping = step < total and (step == config.train.stop_at or stop_signal.requested())
-                if step >= total or stopping:
+                if step < total and request is not None:
+                    stop_cause = request.describe()
+                elif step < total and step == config.train.stop_at:
+                    stop_cause = f"train.stop_at={config.train.stop_at}"
+                if step >= total or stop_cause is not None:
                     break
-    if stopping:  # stop_at reached, or a signal (preemption): checkpoint this step for --resume latest
+    if ledger is not None:
+        ledger.close()
+    if stop_cause is not None:  # a signal (preemption) or stop_at: checkpoint this step for the resume
         save(step)
         wandb.finish()
-        return {"step": step, "world_size": run.world_size, "stopped": True,
-                "signal": stop_signal.received, "seconds": time.perf_counter() - started}
+        return {"step": step, "world_size": run.world_size, "stopped": True, "cause": stop_cause,
+                "seconds": time.perf_counter() - started}
     final = run.evaluate(similarity_samples=config.monitor.plots)
     log(final, total)
     save(total)
@@ -205,10 +285,11 @@ def train(config: Config) -> dict:
         wandb.log_images(plots, total)
     wandb.finish()
     summary = {k: v for k, v in final.items() if not k.startswith("_")}
-    summary.update({"step": total, "world_size": run.world_size, "seconds": time.perf_counter() - started})
+    summary.update({"step": total, "world_size": run.world_size, "seconds": time.perf_counter() - started,
+                    "skipped_nonfinite": run.guard.num_skipped})
     if run.rank == 0:
-        (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    _barrier()
+        summary_path.write_text(json.dumps(summary, indent=1) + "\n")
+    barrier()
     return summary
 
 

@@ -1,0 +1,71 @@
+"""Before a session touches its run folder: take the folder's lock, then decide whether and how to resume.
+
+Nothing in the run folder is written until both succeed, on every rank alike: rank 0 takes the lock
+and tells the others the outcome; every rank reads the same checkpoint files and so reaches the same
+resume decision (or raises the same error).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dmlscale.distributed.collectives import all_gather_objects
+from dmlscale.train import checkpoint
+from dmlscale.train.config import Config
+from dmlscale.train.resume_guard import ResumeChanges, compare
+from dmlscale.train.run_lock import RunLock, RunLockedError
+
+CHECKPOINTS = "checkpoints"
+
+
+def lock_run_folder(run_dir: Path, *, rank: int, job_id: str) -> RunLock | None:
+    """Rank 0 takes the run folder's lock; every rank raises RunLockedError when it is held elsewhere."""
+    lock, refusal = None, None
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(run_dir, job_id=job_id)
+        try:
+            lock.acquire()
+        except RunLockedError as error:
+            lock, refusal = None, str(error)
+    refusal = all_gather_objects(refusal)[0]
+    if refusal is not None:
+        raise RunLockedError(refusal)
+    return lock
+
+
+@dataclass
+class ResumePlan:
+    tag: str | None  # None: a fresh start
+    step: int = 0
+    changes: ResumeChanges | None = None
+
+
+def plan_resume(config: Config, requested: str | None, *, world_size: int) -> ResumePlan:
+    """The checkpoint to resume (`requested`: "latest", a tag or None) and what changed since it was saved.
+
+    A fresh start over existing checkpoints is refused: it would overwrite them."""
+    checkpoint_dir = Path(config.run_dir) / CHECKPOINTS
+    if requested is None:
+        existing = sorted(checkpoint_dir.glob("step_*")) if checkpoint_dir.is_dir() else []
+        if existing:
+            raise ValueError(f"run folder {config.run_dir!r} already holds checkpoints (newest "
+                             f"{existing[-1].name}); pass --resume latest to continue that run, or choose another "
+                             f"name= / run_dir= for a new one")
+        return ResumePlan(None)
+    tag = checkpoint.find_resume_tag(checkpoint_dir, requested)
+    if tag is None:
+        return ResumePlan(None)  # "latest" with nothing saved yet: a first start under Slurm or torchrun
+    saved = torch.load(checkpoint_dir / tag / "extra_rank00000.pt", map_location="cpu", weights_only=False)
+    saved_config = saved["extra"].get("config")
+    changes = None
+    if saved_config is not None:
+        changes = compare(saved_config, config.to_dict(), saved_world_size=saved["world_size"],
+                          world_size=world_size, tag=tag)
+    elif saved["world_size"] != world_size:
+        raise ValueError(f"checkpoint {tag!r} was saved by {saved['world_size']} ranks without its config; "
+                         f"it can only resume at that world size (this run has {world_size})")
+    return ResumePlan(tag, step=int(saved["step"]), changes=changes)
