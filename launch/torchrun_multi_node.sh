@@ -8,7 +8,8 @@
 #   NNODES         number of nodes, or MIN:MAX for an elastic range (default 1)
 #   NPROC_PER_NODE processes per node (default: number of GPUs, else 1)
 #   RDZV_ID        job id shared by all nodes (default: dmlscale)
-#   MAX_RESTARTS   worker group restarts on failure (default 0); a restart resumes from the latest checkpoint
+#   MAX_RESTARTS   worker group restarts on failure (default 0); a restarted worker sees TORCHELASTIC_RESTART_COUNT > 0
+#                  and the trainer resumes from the newest complete checkpoint by itself (no --resume needed)
 #   LOCAL_ADDR     this node's address for the workers' process group (default: its host name)
 #   PYTHON         interpreter (default: .venv/bin/python if present, else python)
 set -euo pipefail
@@ -20,10 +21,8 @@ if [ -z "${NPROC_PER_NODE:-}" ]; then
 fi
 extra=()
 if [ -n "${LOCAL_ADDR:-}" ]; then extra+=(--local-addr "$LOCAL_ADDR"); fi
-resume=()
-if [ "${MAX_RESTARTS:-0}" != 0 ]; then resume=(--resume latest); fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 exec "$PYTHON" -m torch.distributed.run --nnodes="${NNODES:-1}" --nproc-per-node="$NPROC_PER_NODE" \
   --rdzv-backend=c10d --rdzv-endpoint="$RDZV_ENDPOINT" --rdzv-id="${RDZV_ID:-dmlscale}" \
   --max-restarts="${MAX_RESTARTS:-0}" "${extra[@]}" \
-  -m dmlscale.cli train "${resume[@]}" "$@"
+  -m dmlscale.cli train "$@"

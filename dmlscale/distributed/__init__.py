@@ -5,6 +5,9 @@ from dmlscale.distributed.global_clip import DistributedClipLoss, DistributedSig
 from dmlscale.distributed.global_memory import DistributedCrossBatchMemory
 from dmlscale.distributed.global_loss import DistributedLoss, DistributedMiner
 from dmlscale.distributed.env import WorldInfo, init_process_group, world_info_from_env
+from dmlscale.distributed.formation import (FormedGroup, GroupFormationError, current_group,
+                                          set_default_group_timeout)
+from dmlscale.distributed.heartbeat import StepHeartbeat
 
 __all__ = [
     "DistributedClipLoss",
@@ -12,11 +15,16 @@ __all__ = [
     "DistributedLoss",
     "DistributedMiner",
     "DistributedSigLipLoss",
+    "FormedGroup",
+    "GroupFormationError",
+    "StepHeartbeat",
     "WorldInfo",
     "all_gather_no_grad",
     "all_gather_with_grad",
+    "current_group",
     "gather_sizes",
     "global_offsets",
     "init_process_group",
+    "set_default_group_timeout",
     "world_info_from_env",
 ]

@@ -35,6 +35,7 @@ class WorldInfo:
     launcher: str = "single"  # "torchrun", "slurm" or "single"
     restart_count: int = 0  # how often the launcher restarted this job (TORCHELASTIC_RESTART_COUNT, SLURM_RESTART_COUNT)
     job_id: str = ""  # the launcher's id of this job, the same on every rank and attempt (TORCHELASTIC_RUN_ID, SLURM_JOB_ID)
+    agent_store: bool = False  # torchrun's agent serves the store at master_addr:master_port (TORCHELASTIC_USE_AGENT_STORE)
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
@@ -92,6 +93,7 @@ def world_info_from_env(environ: Mapping[str, str] | None = None) -> WorldInfo:
             launcher="torchrun",
             restart_count=_int(env, "TORCHELASTIC_RESTART_COUNT", 0),
             job_id=env.get("TORCHELASTIC_RUN_ID", "") or env.get("SLURM_JOB_ID", ""),
+            agent_store=env.get("TORCHELASTIC_USE_AGENT_STORE", "") == "True",
         )
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         world_size = _int(env, "SLURM_NTASKS")
@@ -125,11 +127,17 @@ def init_process_group(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     init_method: str | None = None,
 ) -> str:
-    """Start the default process group (NCCL on GPU, gloo on CPU) with a timeout, so that a missing
-    rank makes collectives fail after `timeout_s` instead of hanging. Returns the backend used;
-    a single process starts no group and returns "none"."""
+    """Start the default process group (NCCL on GPU, gloo on CPU), bounded by `timeout_s`: it forms within
+    that time or raises naming the ranks that never joined (dmlscale/distributed/formation.py), and every
+    collective, and every group made later without its own timeout (DeepSpeed's), times out after it.
+    Transient connection errors are retried within the budget on fresh store keys. Returns the backend
+    used; a single process starts no group and returns "none". `init_method`: "tcp://host:port" instead of
+    master_addr:master_port; any other URL goes to torch unchanged (without the diagnosis)."""
+    from dmlscale.distributed.formation import form_default_group, set_default_group_timeout
+
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+    set_default_group_timeout(timeout_s)
     if not info.is_distributed:
         return "none"
     if backend is None:
@@ -140,13 +148,16 @@ def init_process_group(
         return dist.get_backend()
     if backend == "nccl":
         torch.cuda.set_device(info.local_rank)
-    address = init_method or f"tcp://{info.master_addr}:{info.master_port}"
-    try:
-        dist.init_process_group(backend=backend, init_method=address, rank=info.rank, world_size=info.world_size,
-                                timeout=datetime.timedelta(seconds=timeout_s))
-    except dist.DistError as error:
-        raise RuntimeError(
-            f"rank {info.rank}: the process group of {info.world_size} ranks at {address} did not form within "
-            f"{timeout_s:g} s ({error})"
-        ) from error
+    host, port = info.master_addr, info.master_port
+    if init_method is not None:
+        match = re.fullmatch(r"tcp://\[?([^\]]+?)\]?:(\d+)/?", init_method)
+        if match is None:
+            dist.init_process_group(backend=backend, init_method=init_method, rank=info.rank,
+                                    world_size=info.world_size, timeout=datetime.timedelta(seconds=timeout_s))
+            return backend
+        host, port = match.group(1), int(match.group(2))
+    uses_agent_store = info.agent_store and (host, port) == (info.master_addr, info.master_port)
+    form_default_group(rank=info.rank, world_size=info.world_size, host=host, port=port, backend=backend,
+                       timeout_s=timeout_s, hosts_store=info.rank == 0 and not uses_agent_store,
+                       job_id=info.job_id, restart_count=info.restart_count)
     return backend

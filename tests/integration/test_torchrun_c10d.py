@@ -58,12 +58,19 @@ def test_two_nodes_of_two_processes_via_c10d_rendezvous(tmp_path, digits_root):
                                     "slurm/train.sbatch"])
 def test_launch_scripts_parse_and_resume_where_promised(script):
     text = (REPO / script).read_text()
+    commands = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
     assert subprocess.run(["bash", "-n", str(REPO / script)], capture_output=True).returncode == 0
     assert "-m dmlscale.cli train" in text
     if script.startswith("slurm"):
-        commands = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
         assert "#SBATCH --requeue" in text and "trap requeue USR1 TERM" in text
         assert sum("dmlscale.cli train" in line and "--resume latest" in line for line in commands) == 2
+    else:  # a torchrun restart resumes by itself (TORCHELASTIC_RESTART_COUNT > 0): no --resume in the script
+        assert not any("--resume" in line for line in commands)
+    if "torchrun" in script or "LAUNCHER=${LAUNCHER:-torchrun}" in text:
+        assert '--max-restarts="${MAX_RESTARTS:-0}"' in text
+    if script.endswith("single_node.sh"):  # c10d on loopback: --standalone restarts were unreliable
+        assert not any("--standalone" in line for line in commands)
+        assert any("--rdzv-backend=c10d" in line and "127.0.0.1" in line for line in commands)
 
 
 def test_multi_node_script_requires_its_endpoint(tmp_path):
