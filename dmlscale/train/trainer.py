@@ -18,6 +18,7 @@ the same step with a checkpoint (stop_signal.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from dmlscale.distributed import init_process_group, world_info_from_env
+from dmlscale.distributed import StepHeartbeat, init_process_group, world_info_from_env
 from dmlscale.distributed.collectives import all_gather_objects, barrier
 from dmlscale.distributed.env import WorldInfo
 from dmlscale.train import build, checkpoint
@@ -57,6 +58,7 @@ class Run:
         self.rank, self.world_size = info.rank, info.world_size
         self.device = _device(config, info.local_rank)
         self.run_dir = Path(config.run_dir)
+        self.heartbeat = StepHeartbeat.for_current_group()  # None for one process
 
     def build(self) -> None:
         config = self.config
@@ -148,6 +150,21 @@ def _apply_schedule_changes(engine, config: Config) -> None:
     scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
 
+class StalledRankError(RuntimeError):
+    """A collective timed out; the message names the ranks that stopped beating."""
+
+
+@contextlib.contextmanager
+def _naming_stalled_ranks(heartbeat):
+    """Re-raise a collective's timeout with the ranks whose heartbeat fell behind."""
+    try:
+        yield
+    except (RuntimeError, torch.distributed.DistError) as error:
+        if heartbeat is None or "imeout" not in str(error) and "imed out" not in str(error):
+            raise
+        raise StalledRankError(f"{heartbeat.stalled_ranks_message()} ({error})") from error
+
+
 def train(config: Config) -> dict:
     """Run (or resume) the training described by `config`; returns the final metrics on every rank."""
     started = time.perf_counter()
@@ -227,10 +244,13 @@ def _train_session(config: Config, run: Run, plan, started: float) -> dict:
     losses: list[float] = []
     stop_cause = None
     with Progress(total, desc="train", unit="step", rank=run.rank, initial=min(step, total),
-                  enabled=config.monitor.console) as bar, StopSignal(run.device) as stop_signal:
+                  enabled=config.monitor.console) as bar, StopSignal(run.device) as stop_signal, \
+            _naming_stalled_ranks(run.heartbeat):
         while step < total and stop_cause is None:
             for batch in run.loader:
                 timer.data_done()
+                if run.heartbeat is not None:
+                    run.heartbeat.beat(step + 1)
                 logging = (step + 1) % config.train.log_every == 0 or step + 1 == total
                 _inject_nan(config, batch, step + 1, run.rank)
                 loss = run.train_step(batch, keep_outputs=logging)

@@ -184,3 +184,24 @@ def test_resume_at_another_world_size_finishes_the_epoch_exactly_once(tmp_path, 
     losses = {step: record["train/loss"] for step, record in metrics_by_step(run_dir).items()}
     assert sorted(losses) == list(range(1, 101))
     assert abs(losses[stop + 1] - losses[stop]) < abs(losses[1] - losses[stop])  # the curve continues
+
+
+@pytest.mark.slow
+def test_a_stopped_rank_is_named_when_the_collective_times_out(tmp_path, digits_root):
+    import psutil
+
+    run_dir = tmp_path / "stalled"
+    process = start_training(["--nproc", "2", *tiny_args(run_dir, digits_root, *PLAIN, "train.steps=2000",
+                                                         "train.group_timeout_s=15")])
+    wait_for_steps(process, run_dir / "metrics.jsonl", 3)
+    ranks = [child for child in psutil.Process(process.pid).children() if "spawn_main" in " ".join(child.cmdline())]
+    assert len(ranks) == 2
+    ranks[1].suspend()  # SIGSTOP: a hung rank, alive but silent
+    try:
+        output = process.communicate(timeout=240)[0]
+    finally:
+        for child in ranks:
+            if child.is_running():
+                child.kill()
+    assert process.returncode not in (0, EXIT_STOPPED)
+    assert "StalledRankError" in output and "last reached step" in output, output[-3000:]
