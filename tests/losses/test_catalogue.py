@@ -231,10 +231,19 @@ def test_soft_margin_matches_reference(kind, mode, beta):
 
 
 def split_point(values):
-    """A threshold halfway between the two middle values: half of them on each side, none on it."""
-    ordered = sorted(values)
-    k = len(ordered) // 2
-    return (ordered[k - 1] + ordered[k]) / 2
+    """A threshold halfway between the two middle distinct values, far from any value.
+
+    Symmetric pairs ((a, p) and (p, a)) carry equal values, so the two middle values of the raw list
+    can be equal, and a threshold on a value flips with the last bit of the machine's arithmetic.
+    Distinct values are taken with a tolerance far above rounding, so the threshold sits in a real gap.
+    """
+    distinct = []
+    for v in sorted(values):
+        if not distinct or v - distinct[-1] > 1e-9:
+            distinct.append(v)
+    assert len(distinct) >= 2, f"degenerate test case: one distinct value in {values}"
+    k = len(distinct) // 2
+    return (distinct[k - 1] + distinct[k]) / 2
 
 
 @pytest.mark.parametrize("mode", MODES)
