@@ -49,9 +49,23 @@ def resolve_config_path(path: str | None) -> Path:
     return DEFAULT_CONFIG
 
 
-def _spawned_rank(local_rank: int, world_size: int, port: int, config_dict: dict, out_dir: str) -> None:
-    """One of the --nproc processes: torchrun's variables for this rank, then the trainer. Its outcome (rank
-    0's summary, or any rank's error) is written to out_dir for the parent."""
+FAILED_RANK_GRACE_S = 5.0
+
+
+# The --nproc ranks fork from a fork server that has imported these once, instead of each rank importing
+# torch, DeepSpeed and open_clip again (5-10 s per rank when ranks outnumber cores). The server has only
+# imported modules; each rank takes the parent's environment and working directory as they are at the
+# launch (see _spawned_rank), so it starts as a spawned process would.
+FORKSERVER_PRELOAD = ["torch", "torch.distributed", "deepspeed", "open_clip", "dmlscale.train.trainer"]
+
+
+def _spawned_rank(local_rank: int, world_size: int, port: int, config_dict: dict, out_dir: str,
+                  parent_env: dict[str, str], parent_cwd: str) -> None:
+    """One of the --nproc processes: the parent's environment and directory, torchrun's variables for this
+    rank, then the trainer. Its outcome (rank 0's summary, or any rank's error) is written to out_dir."""
+    os.environ.clear()
+    os.environ.update(parent_env)
+    os.chdir(parent_cwd)
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world_size),
                       LOCAL_WORLD_SIZE=str(world_size), GROUP_RANK="0", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -88,8 +102,10 @@ def spawn(config, nproc: int) -> dict:
         raise ValueError(f"--nproc {nproc} starts its own processes; it cannot run under torchrun or Slurm "
                          f"(this process was started by {launcher})")
     with tempfile.TemporaryDirectory() as out_dir:
-        context = mp.start_processes(_spawned_rank, args=(nproc, free_port(), config.to_dict(), out_dir),
-                                     nprocs=nproc, join=False, start_method="spawn")
+        mp.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)  # no effect once it runs
+        context = mp.start_processes(_spawned_rank, nprocs=nproc, join=False, start_method="forkserver",
+                                     args=(nproc, free_port(), config.to_dict(), out_dir, dict(os.environ),
+                                           os.getcwd()))
 
         def forward(signum, frame) -> None:
             for process in context.processes:
@@ -99,7 +115,9 @@ def spawn(config, nproc: int) -> dict:
         try:
             while True:
                 try:
-                    if context.join(timeout=1):
+                    # a failed rank's peers get 5 s to write their own error, then SIGTERM and, 5 s later, SIGKILL
+                    # (torch waits 30 s by default; a stopped rank would hold the exit that long)
+                    if context.join(timeout=1, grace_period=FAILED_RANK_GRACE_S):
                         break
                 except ProcessException:
                     errors = sorted(Path(out_dir).glob("error*.json"))

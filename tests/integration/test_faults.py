@@ -194,7 +194,8 @@ def test_a_stopped_rank_is_named_when_the_collective_times_out(tmp_path, digits_
     process = start_training(["--nproc", "2", *tiny_args(run_dir, digits_root, *PLAIN, "train.steps=2000",
                                                          "train.group_timeout_s=15")])
     wait_for_steps(process, run_dir / "metrics.jsonl", 3)
-    ranks = [child for child in psutil.Process(process.pid).children() if "spawn_main" in " ".join(child.cmdline())]
+    servers = [child for child in psutil.Process(process.pid).children() if "forkserver" in " ".join(child.cmdline())]
+    ranks = [rank for server in servers for rank in server.children()]  # the ranks fork from the fork server
     assert len(ranks) == 2
     ranks[1].suspend()  # SIGSTOP: a hung rank, alive but silent
     try:

@@ -77,17 +77,3 @@ def test_multi_node_script_requires_its_endpoint(tmp_path):
     env = {k: v for k, v in launch_env().items() if k != "RDZV_ENDPOINT"}
     result = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "RDZV_ENDPOINT" in result.stderr
-
-
-@pytest.mark.slow
-def test_single_node_script_runs_two_processes(tmp_path, digits_root):
-    run_dir = tmp_path / "single"
-    env = launch_env(NPROC="2")
-    result = subprocess.run(["bash", str(REPO / "launch" / "torchrun_single_node.sh"), f"run_dir={run_dir}",
-                             f"data.root={digits_root}", "model.name=dml-tiny-vit", "data.batch_size=8",
-                             "train.steps=2", "optim.warmup_steps=1", "eval.every=0", "monitor.console=false",
-                             "monitor.plots=false", "checkpoint.export=false"],
-                            env=env, capture_output=True, text=True, timeout=420)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["step"] == 2
