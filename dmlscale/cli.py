@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 # name -> (module, one-line help). Add a command by adding a line here.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -36,9 +37,22 @@ def _chosen_command(argv: list[str]) -> str | None:
     return next((arg for arg in argv if arg in COMMANDS), None)
 
 
+def _say_config_warnings(command: str) -> None:
+    """dmlscale's config warnings as one `dmlscale <command>: warning: ...` line each; others as Python shows them."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if category.__name__ == "ConfigWarning" and category.__module__.startswith("dmlscale."):
+            print(f"dmlscale {command}: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(_chosen_command(argv)).parse_args(argv)
+    _say_config_warnings(args.command)
     try:
         result = importlib.import_module(COMMANDS[args.command][0]).main_from_args(args)
     except ValueError as error:

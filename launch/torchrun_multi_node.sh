@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Multi-node training with torchrun's c10d rendezvous. Run the same command on every node:
 #   RDZV_ENDPOINT=node0.example:29400 NNODES=2 NPROC_PER_NODE=8 \
-#     launch/torchrun_multi_node.sh --config configs/clip_vit_b32_laion.yaml [key=value ...]
+#     launch/torchrun_multi_node.sh --config clip_vit_b32_laion [key=value ...]
 # The agent on the host named in RDZV_ENDPOINT serves the rendezvous store; the others join it, ranks are
 # assigned by the rendezvous (no NODE_RANK needed). Environment:
 #   RDZV_ENDPOINT  host:port of the rendezvous store (required; reachable from every node)

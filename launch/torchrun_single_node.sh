@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train with every GPU of this machine (or NPROC CPU processes under gloo), one torchrun:
-#   launch/torchrun_single_node.sh --config configs/clip_vit_b32_laion.yaml [key=value ...]
+#   launch/torchrun_single_node.sh --config clip_vit_b32_laion [key=value ...]
 #   NPROC=2 launch/torchrun_single_node.sh                      # the quickstart as 2 CPU processes
 #   MAX_RESTARTS=2 NPROC=2 launch/torchrun_single_node.sh ...   # a crashed worker restarts the group twice
 # Environment:

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-OUR_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
+OUR_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "models"  # package data: ships in the wheel
 MAX_LOGIT_SCALE = math.log(100)  # open_clip clamps the learnable log-scale to [0, ln 100]
 
 
 def our_config_names() -> list[str]:
-    """Names of the JSON model configs that ship under configs/models/."""
+    """Names of the JSON model configs that ship in the package (dmlscale/configs/models/)."""
     return sorted(path.stem for path in OUR_CONFIG_DIR.glob("*.json"))
 
 

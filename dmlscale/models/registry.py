@@ -11,7 +11,7 @@ from dmlscale.models.embedder import build_embedder
 from dmlscale.models.text_tower import build_tower_clip
 
 MODEL_BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {
-    "open_clip": build_open_clip,    # open_clip CLIP by built-in name or configs/models/<name>.json
+    "open_clip": build_open_clip,    # open_clip CLIP by built-in name or dmlscale/configs/models/<name>.json
     "tower_clip": build_tower_clip,  # open_clip image tower + transformers text tower from a local directory
     "embedder": build_embedder,      # open_clip / timm image trunk + projection, for labelled metric learning
 }

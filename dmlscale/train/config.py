@@ -8,6 +8,7 @@ is allowed, so `dmlscale train optim.lr=-1` fails before anything is built.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +18,10 @@ from dmlscale.train.schema import Section, apply_overrides, parse_override, sect
 
 IMAGE_TEXT_LOSSES = ("clip", "siglip")
 LABEL_LOSSES = ("ntxent", "supcon", "triplet", "contrastive", "multisimilarity")
+
+
+class ConfigWarning(UserWarning):
+    """A setting that has less or no effect in this config (said once, as `dmlscale train: warning: ...`)."""
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -53,7 +58,7 @@ class DataConfig(Section):
 class ModelConfig(Section):
     """Which model the registry builds."""
 
-    name: str = "dml-tiny-vit"  # open_clip model name, a JSON file stem under configs/models/, or a .json path
+    name: str = "dml-tiny-vit"  # open_clip model name, a JSON file stem under dmlscale/configs/models/, or a .json path
     pretrained: str | None = None  # a local weights file to start from (nothing is downloaded)
     text_tower: str | None = None  # "minilm" (the packaged MiniLM-L6) or a transformers folder; null: open_clip's
     freeze_text: bool = False  # keep the text transformer fixed (its projection still trains)
@@ -231,14 +236,18 @@ class Config(Section):
                              "data.source=digits; or set eval.zero_shot=false")
         if self.model.text_tower is not None and self.data.task == "image_label":
             raise ValueError(f"model.text_tower={self.model.text_tower!r} has no use with data.task='image_label'")
+        # A shortened run (train.steps=5 to try a recipe) keeps the recipe's other settings; what they no longer
+        # do is said, not refused.
         if self.optim.warmup_steps > self.train.steps:
-            raise ValueError(f"optim.warmup_steps={self.optim.warmup_steps} exceeds train.steps={self.train.steps}")
+            warnings.warn(f"optim.warmup_steps={self.optim.warmup_steps} exceeds train.steps={self.train.steps}: the "
+                          f"run ends inside the warmup, at {self.train.steps / self.optim.warmup_steps:.0%} of "
+                          f"optim.lr", ConfigWarning, stacklevel=2)
         if self.eval.every > self.train.steps:
-            raise ValueError(f"eval.every={self.eval.every} exceeds train.steps={self.train.steps}; "
-                             "use 0 to evaluate only at the end")
+            warnings.warn(f"eval.every={self.eval.every} exceeds train.steps={self.train.steps}: evaluated only at "
+                          f"the end", ConfigWarning, stacklevel=2)
         if self.checkpoint.every > self.train.steps:
-            raise ValueError(f"checkpoint.every={self.checkpoint.every} exceeds train.steps={self.train.steps}; "
-                             "use 0 to checkpoint only at the end")
+            warnings.warn(f"checkpoint.every={self.checkpoint.every} exceeds train.steps={self.train.steps}: "
+                          f"checkpointed only at the end", ConfigWarning, stacklevel=2)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

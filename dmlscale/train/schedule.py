@@ -17,9 +17,8 @@ def _check_steps(warmup_steps: int, total_steps: int) -> None:
     for name, value in (("warmup_steps", warmup_steps), ("total_steps", total_steps)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"cosine schedule: {name} must be an int >= 0, got {value!r}")
-    if total_steps < 1 or warmup_steps > total_steps:
-        raise ValueError(f"cosine schedule: need 1 <= total_steps and warmup_steps <= total_steps, "
-                         f"got warmup_steps={warmup_steps!r}, total_steps={total_steps!r}")
+    if total_steps < 1:  # warmup_steps > total_steps is allowed: the run ends inside the warmup
+        raise ValueError(f"cosine schedule: need total_steps >= 1, got total_steps={total_steps!r}")
 
 
 def cosine_factor(step: int, *, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> float:

@@ -1,7 +1,7 @@
-"""`dmlscale train [--config FILE] [--resume TAG] [--nproc N] [key=value ...]`.
+"""`dmlscale train [--config RECIPE|FILE] [--resume TAG] [--nproc N] [key=value ...]`.
 
-Without --config it runs configs/quickstart.yaml (digits shards written if missing, a small CLIP on
-the CPU, zero-shot accuracy on held-out digits with unseen prompts). Under torchrun or Slurm every
+Without --config it runs the packaged quickstart recipe, dmlscale/configs/quickstart.yaml (digits shards
+written if missing, a small CLIP on the CPU, zero-shot accuracy on held-out digits with unseen prompts). Under torchrun or Slurm every
 process runs this command and finds its rank in the environment; `--nproc N` instead starts N local
 gloo processes itself (no torchrun needed), and passes SIGTERM / SIGUSR1 on to them.
 
@@ -18,10 +18,13 @@ import os
 import signal
 import tempfile
 import traceback
+import warnings
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "quickstart.yaml"
+from dmlscale.train.config import ConfigWarning
+
+RECIPE_DIR = Path(__file__).resolve().parents[1] / "configs"  # package data: ships in the wheel
+DEFAULT_CONFIG = RECIPE_DIR / "quickstart.yaml"
 EXIT_STOPPED = 75  # preempted or stopped at train.stop_at: resumable, not finished (EX_TEMPFAIL)
 
 
@@ -30,8 +33,9 @@ class RankFailed(RuntimeError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None,
-                        help=f"YAML recipe (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
+    parser.add_argument("--config", default=None, metavar="RECIPE",
+                        help=f"a packaged recipe by name ({', '.join(recipe_names())}) or a YAML file "
+                             f"(default: {DEFAULT_CONFIG.stem})")
     parser.add_argument("--resume", default=None, metavar="TAG",
                         help="'latest' (a fresh start when there is no checkpoint yet) or a checkpoint tag; "
                              "same as checkpoint.resume=TAG")
@@ -40,13 +44,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=3e-4")
 
 
+def recipe_names() -> list[str]:
+    """The recipes that ship in the package (dmlscale/configs/*.yaml), by name."""
+    return sorted(path.stem for path in RECIPE_DIR.glob("*.yaml"))
+
+
 def resolve_config_path(path: str | None) -> Path:
-    if path is not None:
+    """--config: a YAML file that exists, else a packaged recipe's name; neither is an error naming both."""
+    if path is None:
+        if not DEFAULT_CONFIG.is_file():
+            raise ValueError(f"the default recipe {str(DEFAULT_CONFIG)!r} is missing from the installed package; "
+                             f"pass --config FILE")
+        return DEFAULT_CONFIG
+    if Path(path).is_file():
         return Path(path)
-    if not DEFAULT_CONFIG.is_file():
-        raise ValueError(f"the default recipe {str(DEFAULT_CONFIG)!r} is missing (dmlscale must be installed from its "
-                         f"repository, e.g. pip install -e .); pass --config FILE")
-    return DEFAULT_CONFIG
+    packaged = RECIPE_DIR / f"{path}.yaml"
+    if "/" not in path and packaged.is_file():
+        return packaged
+    hint = f" (the recipes ship in the package: --config {Path(path).stem})" if Path(path).stem in recipe_names() else ""
+    raise ValueError(f"--config {path!r} is neither a YAML file nor a packaged recipe{hint}; "
+                     f"recipes: {recipe_names()}")
 
 
 FAILED_RANK_GRACE_S = 5.0
@@ -66,6 +83,7 @@ def _spawned_rank(local_rank: int, world_size: int, port: int, config_dict: dict
     os.environ.clear()
     os.environ.update(parent_env)
     os.chdir(parent_cwd)
+    warnings.filterwarnings("ignore", category=ConfigWarning)  # the parent said them once
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world_size),
                       LOCAL_WORLD_SIZE=str(world_size), GROUP_RANK="0", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))

@@ -71,7 +71,7 @@ def independent_zero_shot_top1(export_dir: Path, test_dir: Path) -> float:
 @pytest.mark.slow
 def test_quickstart_reaches_95_percent_zero_shot_on_unseen_prompts(tmp_path, digits_root):
     run_dir = tmp_path / "quickstart"
-    summary = main(run_args(run_dir, digits_root))  # no --config: configs/quickstart.yaml
+    summary = main(run_args(run_dir, digits_root))  # no --config: the packaged quickstart recipe
     assert summary["step"] == 300 and summary["world_size"] == 1
     assert summary["eval/zero_shot_top1"] >= 0.95, summary
 
@@ -186,7 +186,7 @@ def test_bad_override_and_misplaced_nproc_are_reported(tmp_path, monkeypatch, ca
                          ids=["triplet+batch_hard", "supcon+cross_batch_memory"])
 def test_metric_learning_recipe_learns(tmp_path, digits_root, loss):
     run_dir = tmp_path / "metric"
-    summary = main(["--config", str(REPO / "configs" / "metric_learning_digits.yaml"), f"run_dir={run_dir}",
+    summary = main(["--config", "metric_learning_digits", f"run_dir={run_dir}",
                     f"data.root={digits_root}",
                     "train.steps=40", "optim.warmup_steps=5", "train.log_every=5", "data.batch_size=64",
                     "checkpoint.export=false", *QUICK, *loss])

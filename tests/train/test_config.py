@@ -11,8 +11,9 @@ import yaml
 
 from dmlscale.train.config import Config, load_config, parse_override, save_config
 
-REPO = Path(__file__).resolve().parents[2]
-RECIPES = sorted((REPO / "configs").glob("*.yaml"))
+from dmlscale.train.train_cli import RECIPE_DIR, resolve_config_path
+
+RECIPES = sorted(RECIPE_DIR.glob("*.yaml"))
 
 
 def test_defaults_and_run_dir():
@@ -66,10 +67,8 @@ def test_overrides_typed_and_nested(tmp_path):
     (["loss.miner=batch_hard"], ["loss.miner", "'batch_hard'", "label loss"]),
     (["data.batch_size=12", "train.grad_cache_chunks=5"], ["train.grad_cache_chunks", "5", "12"]),
     (["data.task=image_label", "loss.name=supcon", "model.text_tower=minilm"], ["model.text_tower", "'minilm'"]),
-    (["eval.every=500", "train.steps=100"], ["eval.every", "500", "train.steps"]),
     (["name=a/b"], ["name", "'a/b'"]),
     (["train.stop_at=400", "train.steps=300"], ["train.stop_at", "400", "steps=300"]),
-    (["optim.warmup_steps=50", "train.steps=20"], ["optim.warmup_steps", "50", "train.steps"]),
     (["data.crop_scale=0"], ["data.crop_scale", "0.0", "(0, 1]"]),
     (["eval.templates=[\"no placeholder\"]"], ["eval.templates", "no placeholder", "'{}'"]),
     (["data.source=shards"], ["eval.zero_shot", "eval.classnames"]),
@@ -111,7 +110,7 @@ def test_recipes_load_and_carry_their_command(recipe):
     assert isinstance(config, Config)
     header = "".join(line for line in recipe.read_text().splitlines(keepends=True) if line.startswith("#"))
     assert "dmlscale train" in header or "torchrun" in header or "sbatch" in header, recipe
-    assert f"configs/{recipe.name}" in header or recipe.name == "quickstart.yaml"
+    assert f"--config {recipe.stem}" in header or recipe.name == "quickstart.yaml"
 
 
 def header_commands(recipe: Path) -> list[list[str]]:
@@ -132,8 +131,35 @@ def test_header_commands_are_valid(recipe):
     commands = header_commands(recipe)
     assert commands or recipe.name == "clip_vit_b32_laion.yaml" and "launch/" in recipe.read_text()
     for args in commands:
-        config_path = args[args.index("--config") + 1] if "--config" in args else "configs/quickstart.yaml"
+        config_path = resolve_config_path(args[args.index("--config") + 1] if "--config" in args else None)
         overrides = [arg for arg in args if "=" in arg and not arg.startswith("-")]
-        config = load_config(REPO / config_path, overrides)  # raises on a stale key or value
-        assert (REPO / config_path).resolve() in {recipe.resolve(), (REPO / "configs/quickstart.yaml").resolve()}
+        config = load_config(config_path, overrides)  # raises on a stale key or value
+        assert config_path.resolve() in {recipe.resolve(), (RECIPE_DIR / "quickstart.yaml").resolve()}
         assert config.train.steps >= 1
+
+
+def test_config_option_takes_a_packaged_recipe_by_name_or_a_file(tmp_path):
+    assert resolve_config_path(None) == RECIPE_DIR / "quickstart.yaml"
+    assert resolve_config_path("metric_learning_digits") == RECIPE_DIR / "metric_learning_digits.yaml"
+    own = tmp_path / "metric_learning_digits"  # a file of that name wins over the packaged recipe
+    own.write_text("seed: 3\n")
+    assert resolve_config_path(str(own)) == own
+    with pytest.raises(ValueError, match=r"'nope' is neither a YAML file nor a packaged recipe; recipes: \[.*'quickstart'"):
+        resolve_config_path("nope")
+    with pytest.raises(ValueError, match=r"the recipes ship in the package: --config quickstart"):
+        resolve_config_path("configs/quickstart.yaml")  # the recipes moved into the package: a name, not this path
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["optim.warmup_steps=50", "train.steps=20"], "optim.warmup_steps=50 exceeds train.steps=20: the run ends inside "
+                                                  "the warmup, at 40% of optim.lr"),
+    (["eval.every=500", "train.steps=100"], "eval.every=500 exceeds train.steps=100: evaluated only at the end"),
+    (["checkpoint.every=500", "train.steps=100"], "checkpoint.every=500 exceeds train.steps=100: checkpointed only"),
+])
+def test_a_shortened_run_warns_what_no_longer_happens(overrides, needle):
+    from dmlscale.train.config import ConfigWarning
+
+    with pytest.warns(ConfigWarning, match=needle):
+        config = load_config(None, overrides)
+    assert config.train.steps in (20, 100)
+
