@@ -16,7 +16,7 @@ import warnings
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("dmlscale.demo", "train a small embedder on real digits with a dmlscale loss"),
     "train": ("dmlscale.train.train_cli", "train from a YAML recipe (default: the CPU quickstart on digits)"),
-    "eval": ("dmlscale.eval.eval_cli", "score a checkpoint or exported weights on evaluation shards"),
+    "eval": ("dmlscale.train.eval_cli", "score a checkpoint or exported weights on evaluation shards"),
     "export": ("dmlscale.train.export_cli", "write a run's checkpoint as plain model weights"),
     "shards": ("dmlscale.data.shards_cli", "write WebDataset tar shards (real digits, an image folder, a CSV/JSONL table)"),
 }

@@ -134,6 +134,15 @@ def all_gather_objects(obj, group=None) -> list:
     return gathered
 
 
+def broadcast_object(obj, src: int = 0, group=None):
+    """Rank `src`'s picklable `obj` on every rank (`obj` itself for one process); no tensors, no gradient."""
+    if world_rank_and_size(group)[1] == 1:
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src, group=group)
+    return holder[0]
+
+
 def _all_reduce_no_grad(x: torch.Tensor, op, group) -> torch.Tensor:
     _, world_size = world_rank_and_size(group)
     out = x.detach().clone()

@@ -161,3 +161,19 @@ def init_process_group(
                        timeout_s=timeout_s, hosts_store=info.rank == 0 and not uses_agent_store,
                        job_id=info.job_id, restart_count=info.restart_count)
     return backend
+
+
+def ensure_process_group(local_rank: int | None = None) -> None:
+    """A process group and LOCAL_RANK for code that needs both (DeepSpeed): torchrun sets them; a single
+    process without a group gets a 1-rank gloo group on a free loopback port, and a spawned or Slurm
+    process without LOCAL_RANK gets `local_rank` (default: its rank)."""
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    if "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(dist.get_rank() if local_rank is None else local_rank)
+
+
+def destroy_process_group() -> None:
+    """Tear down this process's default group, if one runs (the end of a --nproc rank)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

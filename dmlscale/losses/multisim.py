@@ -14,10 +14,10 @@ import torch.nn.functional as F
 
 from dmlscale.distances import CosineSimilarity
 from dmlscale.losses.logsumexp import masked_logsumexp
-from dmlscale.losses.distance_tiles import normalised_pair
+from dmlscale.kernels.distance_tiles import normalised_pair
 from dmlscale.losses.pair import GenericPairLoss, streams_from_labels
 from dmlscale.losses.reducers import AvgNonZeroReducer
-from dmlscale.losses.streamed_mining import negative_counts, positive_pairs
+from dmlscale.kernels.mining import negative_counts, positive_pairs
 from dmlscale.losses.streamed_pairs import streamed_multisim_rows
 from dmlscale.tiling import DEFAULT_TILE, TilingSwitch
 from dmlscale.param_checks import check_positive, check_real

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from dmlscale.indices import convert_to_pairs, pair_masks
 from dmlscale.losses.base import BaseMetricLossFunction
-from dmlscale.losses.distance_tiles import normalised_pair, paired_values
+from dmlscale.kernels.distance_tiles import normalised_pair, paired_values
 from dmlscale.losses.reducers import AvgNonZeroReducer
-from dmlscale.losses.streamed_mining import negative_counts, positive_pairs
+from dmlscale.kernels.mining import negative_counts, positive_pairs
 from dmlscale.losses.streamed_pairs import streamed_negative_hinge
 from dmlscale.losses.streamed_totals import (
     ReducesStreamedTotals,

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from dmlscale.losses.distance_tiles import distance_tile, tile_backward, tile_label_masks
-from dmlscale.losses.tiled import _tiles
+from dmlscale.kernels.distance_tiles import distance_tile, tile_backward, tile_label_masks
+from dmlscale.kernels.tiles import tiles
 
 
 class StreamedRowsFunction(torch.autograd.Function):
@@ -28,7 +28,7 @@ class StreamedRowsFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q_BD, r_RD, labels_B, ref_labels_R, query_ref_index_B, kernel, tile):
-        for r0, r1, c0, c1 in _tiles(q_BD.shape[0], r_RD.shape[0], tile):
+        for r0, r1, c0, c1 in tiles(q_BD.shape[0], r_RD.shape[0], tile):
             mat_TT = distance_tile(kernel.distance, q_BD[r0:r1], r_RD[c0:c1])
             pos_TT, neg_TT = tile_label_masks(labels_B, ref_labels_R, query_ref_index_B, r0, r1, c0, c1)
             kernel.accumulate(mat_TT, pos_TT, neg_TT, r0, r1)
@@ -41,7 +41,7 @@ class StreamedRowsFunction(torch.autograd.Function):
         q_BD, r_RD, labels_B, ref_labels_R, query_ref_index_B = ctx.saved_tensors
         kernel = ctx.kernel
         dq_BD, dr_RD = torch.zeros_like(q_BD), torch.zeros_like(r_RD)
-        for r0, r1, c0, c1 in _tiles(q_BD.shape[0], r_RD.shape[0], ctx.tile):
+        for r0, r1, c0, c1 in tiles(q_BD.shape[0], r_RD.shape[0], ctx.tile):
             pos_TT, neg_TT = tile_label_masks(labels_B, ref_labels_R, query_ref_index_B, r0, r1, c0, c1)
             dq_TD, dr_TD = tile_backward(kernel.distance, q_BD[r0:r1], r_RD[c0:c1],
                                          lambda mat_TT: kernel.grad(grad_out, mat_TT, pos_TT, neg_TT, r0, r1))

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from dmlscale.losses.distance_tiles import distance_tile, paired_values, tile_backward
-from dmlscale.losses.streamed_mining import negative_counts, pair_chunks, positive_pairs
-from dmlscale.losses.tiled import _tiles
+from dmlscale.kernels.distance_tiles import distance_tile, paired_values, tile_backward
+from dmlscale.kernels.mining import negative_counts, pair_chunks, positive_pairs
+from dmlscale.kernels.tiles import tiles
 
 
 def _terms(spec, ap_C, an_CT, neg_CT):
@@ -43,7 +43,7 @@ def _blocks(spec, a_P, labels_B, ref_labels_R, num_cols):
     """(s0, s1, a0, a1, c0, c1, rows_C, neg_CT) for every chunk of pairs and column tile."""
     for s0, s1, a0, a1 in pair_chunks(a_P, spec["tile"]):
         rows_C = a_P[s0:s1] - a0
-        for _, _, c0, c1 in _tiles(1, num_cols, spec["tile"]):
+        for _, _, c0, c1 in tiles(1, num_cols, spec["tile"]):
             neg_CT = (labels_B[a0:a1, None] != ref_labels_R[None, c0:c1])[rows_C]
             yield s0, s1, a0, a1, c0, c1, rows_C, neg_CT
 

@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from dmlscale.kernels.tiles import tiles
 from dmlscale.param_checks import check_positive_int
 from dmlscale.tiling import DEFAULT_TILE, TilingSwitch
 
@@ -46,7 +47,7 @@ def clip_lse(img_nD, txt_ND, scale: float, bias: float, tile: int):
     row_lse_n = torch.full((num_rows,), float("-inf"), dtype=img_nD.dtype, device=img_nD.device)
     col_lse_N = torch.full((num_cols,), float("-inf"), dtype=img_nD.dtype, device=img_nD.device)
     underflow = torch.finfo(img_nD.dtype).tiny ** 0.75
-    for r0, r1, c0, c1 in _tiles(num_rows, num_cols, tile):
+    for r0, r1, c0, c1 in tiles(num_rows, num_cols, tile):
         logits_TT = tile_logits(img_nD[r0:r1], txt_ND[c0:c1], scale, bias)
         row_max_T = logits_TT.amax(dim=1)
         exp_TT = logits_TT.sub_(row_max_T[:, None]).exp_()  # in place: the logits are not needed again
@@ -121,7 +122,7 @@ class TiledClipFunction(torch.autograd.Function):
         dscale = torch.zeros((), dtype=img_nD.dtype, device=img_nD.device)
         dbias = torch.zeros((), dtype=img_nD.dtype, device=img_nD.device)
         buffer_TT = None
-        for r0, r1, c0, c1 in _tiles(num_rows, txt_ND.shape[0], ctx.tile):
+        for r0, r1, c0, c1 in tiles(num_rows, txt_ND.shape[0], ctx.tile):
             img_TD, txt_TD = img_nD[r0:r1], txt_ND[c0:c1]
             logits_TT = tile_logits(img_TD, txt_TD, scale, ctx.bias_value)
             if buffer_TT is None or buffer_TT.shape != logits_TT.shape:
@@ -175,7 +176,7 @@ class TiledSigLipFunction(torch.autograd.Function):
     def forward(ctx, img_nD, txt_ND, scale, bias, col_offset, tile):
         scale_value, bias_value = scalar_value(scale), scalar_value(bias)
         total = torch.zeros((), dtype=torch.float64, device=img_nD.device)  # n N terms: accumulate in fp64
-        for r0, r1, c0, c1 in _tiles(img_nD.shape[0], txt_ND.shape[0], tile):
+        for r0, r1, c0, c1 in tiles(img_nD.shape[0], txt_ND.shape[0], tile):
             logits_TT = tile_logits(img_nD[r0:r1], txt_ND[c0:c1], scale_value, bias_value)
             _flip_positives(logits_TT, r0 + col_offset, c0)  # y * logit: -logit off the matching pairs
             total -= torch.nn.functional.logsigmoid(logits_TT).sum(dtype=torch.float64)
@@ -191,7 +192,7 @@ class TiledSigLipFunction(torch.autograd.Function):
         dimg_nD, dtxt_ND = torch.zeros_like(img_nD), torch.zeros_like(txt_ND)
         dscale = torch.zeros((), dtype=img_nD.dtype, device=img_nD.device)
         dbias = torch.zeros((), dtype=img_nD.dtype, device=img_nD.device)
-        for r0, r1, c0, c1 in _tiles(img_nD.shape[0], txt_ND.shape[0], ctx.tile):
+        for r0, r1, c0, c1 in tiles(img_nD.shape[0], txt_ND.shape[0], ctx.tile):
             img_TD, txt_TD = img_nD[r0:r1], txt_ND[c0:c1]
             signed_TT = tile_logits(img_TD, txt_TD, scale, ctx.bias_value)
             _flip_positives(signed_TT, r0 + offset, c0)
@@ -206,13 +207,6 @@ class TiledSigLipFunction(torch.autograd.Function):
         grad_scale = (weight * dscale).to(ctx.scale_like[1]).reshape(ctx.scale_like[0])
         grad_bias = (weight * dbias).to(ctx.bias_like[1]).reshape(ctx.bias_like[0])
         return dimg_nD, dtxt_ND, grad_scale, grad_bias, None, None
-
-
-def _tiles(num_rows: int, num_cols: int, tile: int):
-    """(r0, r1, c0, c1) of every tile of a num_rows x num_cols matrix."""
-    for r0 in range(0, num_rows, tile):
-        for c0 in range(0, num_cols, tile):
-            yield r0, min(r0 + tile, num_rows), c0, min(c0 + tile, num_cols)
 
 
 def _flip_positives(tile_TT: torch.Tensor, r0: int, c0: int) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from dmlscale.losses.tiled import _tiles
+from dmlscale.kernels.tiles import tiles
 
 
 def similarity_tile_fn(distance, temperature: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -46,7 +46,7 @@ def label_positive_pairs(labels_B, ref_labels_R, query_ref_index_B):
 
 
 class _TileBuckets:
-    """Pairs (rows_P, cols_P) grouped by the tile (in `_tiles` order) they fall in."""
+    """Pairs (rows_P, cols_P) grouped by the tile (in `tiles` order) they fall in."""
 
     def __init__(self, rows_P, cols_P, tile: int, num_cols: int, num_tiles: int) -> None:
         num_col_tiles = -(-num_cols // tile)
@@ -92,7 +92,7 @@ class TiledNTXentFunction(torch.autograd.Function):
             neg_spec = ("pairs", _TileBuckets(neg_spec[1], neg_spec[2], tile, num_cols, num_tiles))
         pos_P = torch.empty(len(a_P), dtype=query_BD.dtype, device=query_BD.device)
         neg_lse_B = torch.full((num_rows,), float("-inf"), dtype=query_BD.dtype, device=query_BD.device)
-        for k, (r0, r1, c0, c1) in enumerate(_tiles(num_rows, num_cols, tile)):
+        for k, (r0, r1, c0, c1) in enumerate(tiles(num_rows, num_cols, tile)):
             logits_TT = logits_fn(query_BD[r0:r1], ref_RD[c0:c1])
             ids, rows, cols = pos_buckets.local(k, r0, c0)
             pos_P[ids] = logits_TT[rows, cols]
@@ -110,7 +110,7 @@ class TiledNTXentFunction(torch.autograd.Function):
         row_weight_B = torch.where(has_neg_B, grad_lse_B, torch.zeros_like(grad_lse_B))
         safe_lse_B = torch.where(has_neg_B, neg_lse_B, torch.zeros_like(neg_lse_B))
         dquery_BD, dref_RD = torch.zeros_like(query_BD), torch.zeros_like(ref_RD)
-        for k, (r0, r1, c0, c1) in enumerate(_tiles(query_BD.shape[0], ref_RD.shape[0], ctx.tile)):
+        for k, (r0, r1, c0, c1) in enumerate(tiles(query_BD.shape[0], ref_RD.shape[0], ctx.tile)):
             q_TD = query_BD[r0:r1].detach().requires_grad_(True)
             r_TD = ref_RD[c0:c1].detach().requires_grad_(True)
             with torch.enable_grad():

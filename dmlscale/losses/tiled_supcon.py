@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from dmlscale.losses.tiled import _tiles
+from dmlscale.kernels.tiles import tiles
 
 
 def _tile_masks(labels_B, ref_labels_R, query_ref_index_B, r0, r1, c0, c1):
@@ -32,7 +32,7 @@ class TiledSupConFunction(torch.autograd.Function):
         lse_B = torch.full((num_rows,), float("-inf"), dtype=query_BD.dtype, device=query_BD.device)
         pos_sum_B = torch.zeros(num_rows, dtype=query_BD.dtype, device=query_BD.device)
         num_pos_B = torch.zeros(num_rows, dtype=query_BD.dtype, device=query_BD.device)
-        for r0, r1, c0, c1 in _tiles(num_rows, num_cols, tile):
+        for r0, r1, c0, c1 in tiles(num_rows, num_cols, tile):
             logits_TT = logits_fn(query_BD[r0:r1], ref_RD[c0:c1])
             pos_TT, own_TT = _tile_masks(labels_B, ref_labels_R, query_ref_index_B, r0, r1, c0, c1)
             pos_sum_B[r0:r1] += (logits_TT * pos_TT).sum(dim=1)
@@ -50,7 +50,7 @@ class TiledSupConFunction(torch.autograd.Function):
         query_BD, ref_RD, labels_B, ref_labels_R, query_ref_index_B, lse_B, num_pos_B = ctx.saved_tensors
         row_weight_B = torch.where(num_pos_B > 0, grad_B, torch.zeros_like(grad_B))
         dquery_BD, dref_RD = torch.zeros_like(query_BD), torch.zeros_like(ref_RD)
-        for r0, r1, c0, c1 in _tiles(query_BD.shape[0], ref_RD.shape[0], ctx.tile):
+        for r0, r1, c0, c1 in tiles(query_BD.shape[0], ref_RD.shape[0], ctx.tile):
             q_TD = query_BD[r0:r1].detach().requires_grad_(True)
             r_TD = ref_RD[c0:c1].detach().requires_grad_(True)
             with torch.enable_grad():

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from dmlscale.indices import convert_to_triplets
 from dmlscale.losses.base import BaseMetricLossFunction
-from dmlscale.losses.distance_tiles import normalised_pair, paired_values
+from dmlscale.kernels.distance_tiles import normalised_pair, paired_values
 from dmlscale.losses.reducers import AvgNonZeroReducer
 from dmlscale.losses.streamed_totals import ReducesStreamedTotals, supports_totals, term_filter, totals_entry
 from dmlscale.losses.streamed_triplet import streamed_batch_all

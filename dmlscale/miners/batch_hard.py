@@ -2,11 +2,13 @@
 
 Legend: B query rows, R reference rows; the returned tensors have one entry per anchor that has both.
 With `tiled` (automatic at max(B, R) >= tiled_threshold) the picks are made tile by tile
-(`losses/streamed_mining.py`): the same triplets, no B x R matrix.
+(`kernels/mining.py`): the same triplets, no B x R matrix.
 """
 
 from __future__ import annotations
 
+from dmlscale.kernels.distance_tiles import normalised_pair
+from dmlscale.kernels.mining import streamed_hardest
 from dmlscale.miners.batch_easy_hard import HARD, BatchEasyHardMiner
 from dmlscale.tiling import DEFAULT_TILE, TilingSwitch
 
@@ -24,9 +26,6 @@ class BatchHardMiner(TilingSwitch, BatchEasyHardMiner):
 
     def mine(self, embeddings, labels, ref_emb, ref_labels, query_ref_index):
         if self.uses_tiles(max(len(embeddings), len(ref_emb))):
-            from dmlscale.losses.distance_tiles import normalised_pair
-            from dmlscale.losses.streamed_mining import streamed_hardest
-
             q_BD, r_RD = normalised_pair(self.distance, embeddings, ref_emb)
             a, p, n, pos_dist, neg_dist = streamed_hardest(
                 self.distance, q_BD, r_RD, labels, ref_labels, query_ref_index, self.tile_size,

@@ -6,29 +6,19 @@ Legend: T triplets; ap_T, an_T anchor-positive and anchor-negative values, gap_T
 type_of_triplets:  all: gap <= margin   hard: gap <= 0   semihard: 0 < gap <= margin   easy: gap > margin
 Triplets are enumerated with `indices.all_triplets` (memory O(T), never a dense B x R x R mask);
 with `tiled` (automatic at max(B, R) >= tiled_threshold) they are found tile by tile
-(`losses/streamed_mining.py`): the same triplets in the same order, no B x R matrix.
+(`kernels/mining.py`): the same triplets in the same order, no B x R matrix.
 """
 
 from __future__ import annotations
 
 from dmlscale.indices import all_triplets
+from dmlscale.kernels.distance_tiles import normalised_pair
+from dmlscale.kernels.mining import margin_keep, streamed_margin_triplets
 from dmlscale.miners.base import BaseMiner
 from dmlscale.param_checks import check_real
 from dmlscale.tiling import DEFAULT_TILE, TilingSwitch
 
 TRIPLET_TYPES = ("all", "hard", "semihard", "easy")
-
-
-def margin_keep(gap, margin: float, type_of_triplets: str):
-    """The test on gap = d_an - d_ap (s_ap - s_an for a similarity) of each type_of_triplets."""
-    if type_of_triplets == "easy":
-        return gap > margin
-    keep = gap <= margin
-    if type_of_triplets == "hard":
-        keep &= gap <= 0
-    elif type_of_triplets == "semihard":
-        keep &= gap > 0
-    return keep
 
 
 class TripletMarginMiner(TilingSwitch, BaseMiner):
@@ -49,9 +39,6 @@ class TripletMarginMiner(TilingSwitch, BaseMiner):
 
     def mine(self, embeddings, labels, ref_emb, ref_labels, query_ref_index):
         if self.uses_tiles(max(len(embeddings), len(ref_emb))):
-            from dmlscale.losses.distance_tiles import normalised_pair
-            from dmlscale.losses.streamed_mining import streamed_margin_triplets
-
             q_BD, r_RD = normalised_pair(self.distance, embeddings, ref_emb)
             triplets, stats = streamed_margin_triplets(self.distance, q_BD, r_RD, labels, ref_labels,
                                                        query_ref_index, self.margin, self.type_of_triplets,

@@ -2,8 +2,8 @@
 
 Every model built here returns open_clip's output dict (image_features, text_features, logit_scale as
 exp(parameter), logit_bias when present) and keeps logit_scale / logit_bias as shape-[1] parameters:
-DeepSpeed rejects 0-dim parameters. `clamp_logit_scale` bounds the scale as open_clip's trainer does,
-also inside DeepSpeed's fp32 master copy.
+DeepSpeed rejects 0-dim parameters. `clamp_logit_scale` bounds the scale as open_clip's trainer does
+(the engine's step also clamps DeepSpeed's fp32 master copy).
 """
 
 from __future__ import annotations
@@ -73,14 +73,13 @@ def build_open_clip(name: str, *, pretrained: str | None = None, init_logit_bias
 
 
 def clamp_logit_scale(model: torch.nn.Module, max_value: float = MAX_LOGIT_SCALE) -> None:
-    """Clamp `model.logit_scale` to [0, max_value] in place, after an optimizer step.
+    """Clamp `model.logit_scale` to [0, max_value] in place after an optimizer step, as open_clip's trainer does.
 
-    Under DeepSpeed the optimizer owns an fp32 master copy (ZeRO 1-3, bf16); clamping only the module
-    tensor would be undone by the next step, so the master copy is clamped too. Call on every rank.
+    For a plain torch (or DDP) model. Under DeepSpeed the optimizer's fp32 master copy would undo this at
+    the next step: dmlscale's engine step clamps both (`dmlscale.train.engine.clamp_parameter`).
     """
     param = getattr(model, "logit_scale", None)
     if param is None:
         return
-    from dmlscale.train.engine import clamp_parameter  # lazy: keeps models free of deepspeed
-
-    clamp_parameter(param, 0.0, max_value)
+    with torch.no_grad():
+        param.clamp_(0.0, max_value)

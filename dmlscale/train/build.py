@@ -55,6 +55,9 @@ def split_shards(data: DataConfig, split: str) -> list[str]:
     return paths
 
 
+DIGITS_SAMPLES_PER_SHARD = 1000  # as `dmlscale shards --source digits` writes them
+
+
 def prepare_shards(data: DataConfig, *, rank: int, barrier) -> None:
     """Write the digits shards under data.root unless both splits are complete (sizes.json present).
     The split and captions use the shards command's fixed seed, whatever the run's seed: the held-out
@@ -63,12 +66,12 @@ def prepare_shards(data: DataConfig, *, rank: int, barrier) -> None:
         return
     complete = all((Path(data.root) / split / "sizes.json").is_file() for split in ("train", "test"))
     if not complete and rank == 0:
-        from dmlscale.cli import main as cli_main
+        from dmlscale.data.digits import write_digits_shards  # scikit-learn's digits: only this recipe needs it
 
-        code = cli_main(["shards", "--source", "digits", "--output", data.root,
-                         "--image-size", str(data.image_size), "--no-progress"])
-        if code != 0:
-            raise RuntimeError(f"writing the digits shards to {data.root!r} failed (exit code {code})")
+        for split, summary in write_digits_shards(data.root, samples_per_shard=DIGITS_SAMPLES_PER_SHARD,
+                                                  image_size=data.image_size).items():
+            print(f"dmlscale train: wrote the digits {split} shards: {summary['num_samples']} samples in "
+                  f"{len(summary['shards'])} shards -> {Path(data.root) / split}")
     barrier()  # unconditionally: a rank that started late may already see the shards rank 0 just wrote
 
 

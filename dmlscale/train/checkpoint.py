@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import errno
 import json
-import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.distributed as dist
 
+from dmlscale.distributed.collectives import all_gather_objects, barrier, world_rank_and_size
+from dmlscale.train.checkpoint_reshard import load_resharded
 from dmlscale.train.checkpoint_store import (LATEST, MANIFEST, WRITING, checkpoint_bytes, extra_path,
                                              find_resume_tag, newest_complete, prune, read_pointer, tag_for_step,
                                              verify, write_atomically, write_manifest, write_text_durably)
+from dmlscale.train.rng_state import rng_states, set_rng_states
 
 __all__ = ["LATEST", "CheckpointError", "NonFiniteWeightsError", "find_resume_tag", "load", "resolve_tag",
            "rng_states", "save", "set_rng_states", "tag_for_step", "verify", "weights_finite"]
@@ -43,42 +43,6 @@ class CheckpointError(RuntimeError):
 
 class NonFiniteWeightsError(CheckpointError):
     """The weights hold NaN or Inf: saving them would make the newest checkpoint useless."""
-
-
-def _rank_and_size() -> tuple[int, int]:
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def _gather(value) -> list:
-    """Every rank's `value` (picklable), on every rank."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return [value]
-    gathered = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, value)
-    return gathered
-
-
-def rng_states() -> dict:
-    """This process's torch (CPU and CUDA), numpy and python RNG states."""
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _local_tensors(engine) -> list[tuple[str, torch.Tensor]]:
@@ -95,10 +59,10 @@ def _local_tensors(engine) -> list[tuple[str, torch.Tensor]]:
 
 def _non_finite_names(engine) -> list[str]:
     """Collective: 'rank R: name' for every local weight tensor with a NaN or Inf, from all ranks."""
-    rank, _ = _rank_and_size()
+    rank, _ = world_rank_and_size()
     local = [f"rank {rank}: {name}" for name, tensor in _local_tensors(engine)
              if tensor.numel() and not bool(torch.isfinite(tensor.detach()).all())]
-    return [name for names in _gather(local) for name in names]
+    return [name for names in all_gather_objects(local) for name in names]
 
 
 def weights_finite(engine) -> bool:
@@ -117,7 +81,7 @@ def _estimated_bytes(engine) -> int:
     partitioned = engine.zero_optimization_stage() > 0
     if partitioned:  # the master partitions are saved in the optimizer files
         optimizer_bytes += sum(p.numel() * p.element_size() for group in inner.param_groups for p in group["params"])
-    return module_bytes + (sum(_gather(optimizer_bytes)) if partitioned else optimizer_bytes)
+    return module_bytes + (sum(all_gather_objects(optimizer_bytes)) if partitioned else optimizer_bytes)
 
 
 def _free_bytes(run_dir: Path) -> int:
@@ -193,7 +157,7 @@ def _discard(run_dir: Path, tag: str, rank: int) -> None:
     """Remove every file of a failed save; rank 0 points `latest` at the newest complete checkpoint
     if it named this tag (a failed re-save of the same step)."""
     shutil.rmtree(run_dir / tag, ignore_errors=True)
-    _barrier()
+    barrier()
     if rank == 0:
         shutil.rmtree(run_dir / tag, ignore_errors=True)
         if read_pointer(run_dir) == tag:
@@ -202,7 +166,7 @@ def _discard(run_dir: Path, tag: str, rank: int) -> None:
                 (run_dir / LATEST).unlink(missing_ok=True)
             else:
                 write_text_durably(run_dir / LATEST, previous)
-    _barrier()
+    barrier()
 
 
 def _fail_together(errors: list, run_dir: Path, tag: str, rank: int, *, discard: bool) -> None:
@@ -230,7 +194,7 @@ def save(engine, run_dir: str | Path, step: int, extra: dict | None = None, *, r
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"checkpoint save: {name} must be an int >= {minimum}, got {value!r}")
     run_dir = Path(run_dir)
-    rank, world_size = _rank_and_size()
+    rank, world_size = world_rank_and_size()
     tag = tag_for_step(step)
     checkpoint_dir = run_dir / tag
 
@@ -243,8 +207,8 @@ def save(engine, run_dir: str | Path, step: int, extra: dict | None = None, *, r
     previous_bytes = checkpoint_bytes(run_dir / previous) if previous and (run_dir / previous).is_dir() else 0
     needed = previous_bytes or estimate
     problem, free = _preflight(run_dir, tag, needed)
-    _fail_together(_gather(problem), run_dir, tag, rank, discard=False)
-    _fail_together(_gather(_prepare_folder(run_dir, tag, rank)), run_dir, tag, rank, discard=True)
+    _fail_together(all_gather_objects(problem), run_dir, tag, rank, discard=False)
+    _fail_together(all_gather_objects(_prepare_folder(run_dir, tag, rank)), run_dir, tag, rank, discard=True)
 
     state = {"step": step, "run_id": run_id, "world_size": world_size, "rng": rng_states(),
              "extra": dict(extra or {})}
@@ -257,7 +221,7 @@ def save(engine, run_dir: str | Path, step: int, extra: dict | None = None, *, r
         # Only rank 0's copy of DeepSpeed's recovery scripts writes outside the checkpoint engine; it runs
         # after every collective but DeepSpeed's final barrier, which this rank still has to join.
         failure = (getattr(error, "filename", None) or str(run_dir), error)
-        _barrier()
+        barrier()
     finally:
         engine.checkpoint_engine = recorder._inner
     failure = recorder.failure or failure
@@ -271,7 +235,7 @@ def save(engine, run_dir: str | Path, step: int, extra: dict | None = None, *, r
         except (OSError, RuntimeError) as error:
             failure = (str(extra_path(checkpoint_dir, rank)), error)
     message = None if failure is None else _describe_failure(tag, failure[0], failure[1], needed, free, run_dir)
-    _fail_together(_gather(message), run_dir, tag, rank, discard=True)
+    _fail_together(all_gather_objects(message), run_dir, tag, rank, discard=True)
 
     outcome = None
     if rank == 0:  # every rank's files are complete: manifest, then the pointer, then retention
@@ -284,7 +248,7 @@ def save(engine, run_dir: str | Path, step: int, extra: dict | None = None, *, r
             outcome = _describe_failure(tag, str(checkpoint_dir / MANIFEST), error, needed, free, run_dir)
         if outcome is None:
             prune(run_dir, step, keep_last=keep_last, keep_every=keep_every)
-    _fail_together(_gather(outcome), run_dir, tag, rank, discard=True)
+    _fail_together(all_gather_objects(outcome), run_dir, tag, rank, discard=True)
     return checkpoint_dir
 
 
@@ -315,7 +279,7 @@ def load(engine, run_dir: str | Path, tag: str = LATEST, *, restore_rng: bool = 
     resolved = find_resume_tag(run_dir, tag)
     if resolved is None:
         raise ValueError(f"no checkpoint to resume in {str(run_dir)!r}: it has no step_* folder")
-    rank, world_size = _rank_and_size()
+    rank, world_size = world_rank_and_size()
     saved_rank0 = torch.load(extra_path(run_dir / resolved, 0), map_location="cpu", weights_only=False)
     saved_world_size = saved_rank0["world_size"]
     if saved_world_size != world_size:
@@ -323,8 +287,6 @@ def load(engine, run_dir: str | Path, tag: str = LATEST, *, restore_rng: bool = 
             raise ValueError(f"checkpoint {resolved!r} was saved by {saved_world_size} ranks; this run has "
                              f"{world_size} (ZeRO checkpoints are tied to the world size; pass "
                              f"allow_world_size_change=True to re-shard, or export the weights)")
-        from dmlscale.train.checkpoint_reshard import load_resharded
-
         return load_resharded(engine, run_dir, resolved, saved_rank0, restore_rng=restore_rng)
     state = saved_rank0 if rank == 0 else torch.load(extra_path(run_dir / resolved, rank), map_location="cpu",
                                                      weights_only=False)

@@ -27,16 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
+from dmlscale.distributed.collectives import barrier, broadcast_object, world_rank_and_size
 from dmlscale.train.checkpoint_store import extra_path, read_manifest
+from dmlscale.train.rng_state import set_rng_states
 
 UNIVERSAL_DIR = ".universal"
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def saved_zero_stage(checkpoint_dir: Path) -> int:
@@ -49,8 +45,6 @@ def saved_zero_stage(checkpoint_dir: Path) -> int:
 
 
 def _restore_rng(run_dir: Path, tag: str, saved_rank0: dict, rank: int) -> None:
-    from dmlscale.train.checkpoint import set_rng_states
-
     if rank < saved_rank0["world_size"]:
         state = saved_rank0 if rank == 0 else torch.load(extra_path(run_dir / tag, rank), map_location="cpu",
                                                          weights_only=False)
@@ -66,7 +60,7 @@ def _restore_rng(run_dir: Path, tag: str, saved_rank0: dict, rank: int) -> None:
 def _convert_to_universal(run_dir: Path, tag: str) -> Path:
     """Rank 0 writes run_dir/.universal/<tag>; returns run_dir/.universal (collective)."""
     universal_root = run_dir / UNIVERSAL_DIR
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank = world_rank_and_size()[0]
     error = None
     if rank == 0:
         try:
@@ -79,18 +73,16 @@ def _convert_to_universal(run_dir: Path, tag: str) -> Path:
                     num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True))
         except Exception as exception:  # reported on every rank below
             error = f"{type(exception).__name__}: {exception}"
-    errors = [error]
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.broadcast_object_list(errors, src=0)
-    if errors[0] is not None:
+    error = broadcast_object(error, src=0)
+    if error is not None:
         raise ValueError(f"checkpoint {tag!r} in {str(run_dir)!r}: converting it for another world size failed: "
-                         f"{errors[0]}")
+                         f"{error}")
     return universal_root
 
 
 def load_resharded(engine, run_dir: Path, tag: str, saved_rank0: dict, *, restore_rng: bool = True) -> dict:
     """Load checkpoint `tag`, saved by saved_rank0["world_size"] ranks, into `engine` at this world size."""
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank = world_rank_and_size()[0]
     stage = saved_zero_stage(run_dir / tag)
     engine_stage = engine.zero_optimization_stage()
     if (stage == 0) != (engine_stage == 0):
@@ -107,7 +99,7 @@ def load_resharded(engine, run_dir: Path, tag: str, saved_rank0: dict, *, restor
             load_path, _ = engine.load_checkpoint(str(universal_root), tag=tag)
         finally:
             config.load_universal_checkpoint = before
-        _barrier()
+        barrier()
         if rank == 0:
             shutil.rmtree(universal_root, ignore_errors=True)
     if load_path is None:

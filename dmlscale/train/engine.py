@@ -11,9 +11,10 @@ import os
 from typing import Callable, Sequence
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from dmlscale.distributed.env import ensure_process_group
+from dmlscale.models.clip import MAX_LOGIT_SCALE
 from dmlscale.param_checks import check_positive_int, check_real
 from dmlscale.train.schedule import cosine_with_warmup
 from dmlscale.train.step import cached_step
@@ -38,17 +39,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             (no_decay if is_no_decay(name, param, norm_param_ids) else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [group for group in groups if group["params"]]
-
-
-def ensure_process_group(local_rank: int | None = None) -> None:
-    """DeepSpeed needs a process group and LOCAL_RANK in the environment (torchrun sets it; spawned or
-    Slurm processes may not). A single process without a group gets a 1-rank gloo group."""
-    if not dist.is_initialized():
-        from dmlscale.distributed.env import free_port
-
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
-    if "LOCAL_RANK" not in os.environ:
-        os.environ["LOCAL_RANK"] = str(dist.get_rank() if local_rank is None else local_rank)
 
 
 def resolve_precision(precision: str) -> str:
@@ -145,10 +135,9 @@ def engine_contrastive_step(engine, chunks: Sequence, forward_fn: Callable, loss
     loss = cached_step(forward_fn, chunks, loss_fn, shared_keys=shared_keys,
                        backward=lambda surrogate: engine.backward(surrogate, scale_wrt_gas=False),
                        after_chunk=after_chunk)
-    if engine.module is not None and hasattr(engine.module, "logit_scale"):
-        from dmlscale.models.clip import clamp_logit_scale
-
-        clamp_logit_scale(engine.module)
+    if engine.module is not None and getattr(engine.module, "logit_scale", None) is not None:
+        # in the module tensor and in DeepSpeed's fp32 master copy, which would undo a module-only clamp
+        clamp_parameter(engine.module.logit_scale, 0.0, MAX_LOGIT_SCALE)
     return loss
 
 

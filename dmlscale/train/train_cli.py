@@ -73,7 +73,7 @@ FAILED_RANK_GRACE_S = 5.0
 # torch, DeepSpeed and open_clip again (5-10 s per rank when ranks outnumber cores). The server has only
 # imported modules; each rank takes the parent's environment and working directory as they are at the
 # launch (see _spawned_rank), so it starts as a spawned process would.
-FORKSERVER_PRELOAD = ["torch", "torch.distributed", "deepspeed", "open_clip", "dmlscale.train.trainer"]
+FORKSERVER_PRELOAD = ["torch", "dmlscale.distributed", "deepspeed", "open_clip", "dmlscale.train.trainer"]
 
 
 def _spawned_rank(local_rank: int, world_size: int, port: int, config_dict: dict, out_dir: str,
@@ -87,10 +87,9 @@ def _spawned_rank(local_rank: int, world_size: int, port: int, config_dict: dict
     os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world_size),
                       LOCAL_WORLD_SIZE=str(world_size), GROUP_RANK="0", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
+    from dmlscale.distributed.env import destroy_process_group
     from dmlscale.train.config import Config, section_from_dict
     from dmlscale.train.trainer import train
-
-    import torch.distributed as dist
 
     try:
         summary = train(section_from_dict(Config, config_dict))
@@ -99,8 +98,7 @@ def _spawned_rank(local_rank: int, world_size: int, port: int, config_dict: dict
             {"type": type(error).__name__, "message": str(error), "traceback": traceback.format_exc()}))
         raise
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        destroy_process_group()
     if local_rank == 0:
         Path(out_dir, "summary.json").write_text(json.dumps(summary))
 
@@ -181,3 +179,11 @@ def main_from_args(args: argparse.Namespace) -> dict:
     if world_info_from_env().rank == 0:  # torchrun, Slurm or --nproc's parent
         print_summary(summary, config.run_dir)
     return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """`dmlscale train` without the `train`, for tests and scripts: [--config RECIPE] [--resume TAG] [--nproc N]
+    [key=value ...]; returns rank 0's summary, raises what the command would report."""
+    parser = argparse.ArgumentParser(prog="dmlscale train")
+    add_arguments(parser)
+    return main_from_args(parser.parse_args(argv))

@@ -312,13 +312,3 @@ def _train_session(config: Config, run: Run, plan, started: float) -> dict:
     barrier()
     return summary
 
-
-def main(argv: list[str] | None = None) -> dict:
-    """`dmlscale train` without the `train`: [--config FILE] [--resume TAG] [--nproc N] [key=value ...]."""
-    import argparse
-
-    from dmlscale.train import train_cli
-
-    parser = argparse.ArgumentParser(prog="dmlscale train")
-    train_cli.add_arguments(parser)
-    return train_cli.main_from_args(parser.parse_args(argv))

@@ -18,8 +18,7 @@ import torch
 
 from dmlscale.train.ledger import check_ledger, read_lines
 from dmlscale.train.schedule import cosine_factor
-from dmlscale.train.train_cli import EXIT_STOPPED, RankFailed
-from dmlscale.train.trainer import main
+from dmlscale.train.train_cli import EXIT_STOPPED, RankFailed, main
 from tests.integration.test_train_quickstart import REPO, tiny_args
 
 PLAIN = ["checkpoint.export=false", "eval.zero_shot=false", "train.log_every=1"]

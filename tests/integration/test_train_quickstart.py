@@ -22,8 +22,7 @@ import pytest
 import torch
 
 from dmlscale.cli import main as cli_main
-from dmlscale.train.train_cli import EXIT_STOPPED
-from dmlscale.train.trainer import main
+from dmlscale.train.train_cli import EXIT_STOPPED, main
 
 QUICK = ["monitor.console=false"]
 REPO = Path(__file__).resolve().parents[2]

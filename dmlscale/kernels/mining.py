@@ -16,9 +16,20 @@ from __future__ import annotations
 import torch
 
 from dmlscale.distances import BaseDistance
-from dmlscale.losses.distance_tiles import distance_tile, paired_values, tile_label_masks
-from dmlscale.losses.tiled import _tiles
-from dmlscale.miners.triplet_margin import margin_keep
+from dmlscale.kernels.distance_tiles import distance_tile, paired_values, tile_label_masks
+from dmlscale.kernels.tiles import tiles
+
+
+def margin_keep(gap, margin: float, type_of_triplets: str):
+    """The test on gap = d_an - d_ap (s_ap - s_an for a similarity) of each type_of_triplets."""
+    if type_of_triplets == "easy":
+        return gap > margin
+    keep = gap <= margin
+    if type_of_triplets == "hard":
+        keep &= gap <= 0
+    elif type_of_triplets == "semihard":
+        keep &= gap > 0
+    return keep
 
 
 def positive_pairs(labels_B: torch.Tensor, ref_labels_R: torch.Tensor, query_ref_index_B: torch.Tensor):
@@ -64,7 +75,7 @@ def streamed_hardest(distance: BaseDistance, q_BD, r_RD, labels_B, ref_labels_R,
     neg_index_B = torch.zeros_like(pos_index_B)
     has_pos_B = torch.zeros(num_rows, dtype=torch.bool, device=q_BD.device)
     has_neg_B = torch.zeros_like(has_pos_B)
-    for r0, r1, c0, c1 in _tiles(num_rows, r_RD.shape[0], tile):
+    for r0, r1, c0, c1 in tiles(num_rows, r_RD.shape[0], tile):
         mat_TT = distance_tile(distance, q_BD[r0:r1], r_RD[c0:c1])
         pos_TT, neg_TT = tile_label_masks(labels_B, ref_labels_R, query_ref_index_B, r0, r1, c0, c1)
         if allowed_pos_range is not None:
@@ -100,7 +111,7 @@ def streamed_margin_triplets(distance: BaseDistance, q_BD, r_RD, labels_B, ref_l
     for s0, s1, a0, a1 in pair_chunks(a_P, tile):
         rows_C = a_P[s0:s1] - a0
         keys = []
-        for _, _, c0, c1 in _tiles(1, num_cols, tile):
+        for _, _, c0, c1 in tiles(1, num_cols, tile):
             an_AT = distance_tile(distance, q_BD[a0:a1], r_RD[c0:c1])
             neg_CT = (labels_B[a0:a1, None] != ref_labels_R[None, c0:c1])[rows_C]
             an_CT = an_AT[rows_C]
