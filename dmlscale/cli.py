@@ -14,7 +14,7 @@ import warnings
 
 # name -> (module, one-line help). Add a command by adding a line here.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("dmlscale.demo", "train a small embedder on real digits with a dmlscale loss"),
+    "demo": ("dmlscale.demo_cli", "train a small embedder on real digits with a dmlscale loss"),
     "train": ("dmlscale.train.train_cli", "train from a YAML recipe (default: the CPU quickstart on digits)"),
     "eval": ("dmlscale.train.eval_cli", "score a checkpoint or exported weights on evaluation shards"),
     "export": ("dmlscale.train.export_cli", "write a run's checkpoint as plain model weights"),

@@ -7,7 +7,6 @@ neighbour by cosine similarity, self excluded) on the held-out split is printed 
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import time
 
@@ -94,17 +93,3 @@ def run(loss_name: str, miner_name: str | None, steps: int, seed: int, print_eve
     seconds = time.perf_counter() - start
     print(f"held-out precision@1: {before:.3f} -> {after:.3f} in {seconds:.1f} s")
     return {"before": before, "after": after, "seconds": seconds}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--loss", default="TripletMarginLoss", help="a class name from dmlscale.losses")
-    parser.add_argument("--miner", default=None, help="a class name from dmlscale.miners (optional)")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--print-every", type=int, default=50)
-
-
-def main_from_args(args: argparse.Namespace) -> dict:
-    if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    return run(args.loss, args.miner, args.steps, args.seed, max(1, args.print_every))
