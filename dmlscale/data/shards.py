@@ -178,6 +178,12 @@ def _remove_leftover_temporaries(output_dir: Path, prefix: str) -> None:
             path.unlink(missing_ok=True)
 
 
+def describe_summary(summary: dict) -> str:
+    """One line for a `write_shards` summary: samples, shards, size and folder."""
+    return (f"{summary['num_samples']} samples in {len(summary['shards'])} shards, "
+            f"{summary['num_bytes'] / 2**20:.1f} MiB -> {summary['output_dir']}")
+
+
 def write_shards(samples: Iterable[dict], output_dir: str | Path, *, samples_per_shard: int = 1000,
                  prefix: str = "", progress: bool = False,
                  jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> dict:

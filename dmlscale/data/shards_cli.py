@@ -34,14 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="progress bar (default: when stderr is a terminal)")
 
 
-def _describe(summary: dict) -> str:
-    return (f"{summary['num_samples']} samples in {len(summary['shards'])} shards, "
-            f"{summary['num_bytes'] / 2**20:.1f} MiB -> {summary['output_dir']}")
-
-
 def main_from_args(args: argparse.Namespace) -> dict:
     from dmlscale.data import sources
-    from dmlscale.data.shards import write_shards
+    from dmlscale.data.shards import describe_summary, write_shards
 
     if args.source not in SOURCES:
         raise ValueError(f"--source {args.source!r} is not known; allowed: {list(SOURCES)}")
@@ -54,7 +49,7 @@ def main_from_args(args: argparse.Namespace) -> dict:
             args.output, samples_per_shard=args.samples_per_shard, seed=args.seed, image_size=args.image_size,
             test_fraction=args.test_fraction, prefix=args.prefix, progress=progress)
         for split, summary in summaries.items():
-            print(f"dmlscale shards: {split}: {_describe(summary)}")
+            print(f"dmlscale shards: {split}: {describe_summary(summary)}")
     else:
         if args.input is None:
             raise ValueError(f"--source {args.source} needs --input ({'a folder' if args.source == 'folder' else 'a .csv or .jsonl file'})")
@@ -67,7 +62,7 @@ def main_from_args(args: argparse.Namespace) -> dict:
                                progress=progress)
         summary["skipped"] = list(source.skipped)
         summaries = {"all": summary}
-        print(f"dmlscale shards: {_describe(summary)}")
+        print(f"dmlscale shards: {describe_summary(summary)}")
         if source.skipped:
             shown = ", ".join(repr(path) for path in source.skipped[:5])
             print(f"dmlscale shards: skipped {len(source.skipped)} unreadable images: {shown}"

@@ -67,11 +67,11 @@ def prepare_shards(data: DataConfig, *, rank: int, barrier) -> None:
     complete = all((Path(data.root) / split / "sizes.json").is_file() for split in ("train", "test"))
     if not complete and rank == 0:
         from dmlscale.data.digits import write_digits_shards  # scikit-learn's digits: only this recipe needs it
+        from dmlscale.data.shards import describe_summary
 
         for split, summary in write_digits_shards(data.root, samples_per_shard=DIGITS_SAMPLES_PER_SHARD,
                                                   image_size=data.image_size).items():
-            print(f"dmlscale train: wrote the digits {split} shards: {summary['num_samples']} samples in "
-                  f"{len(summary['shards'])} shards -> {Path(data.root) / split}")
+            print(f"dmlscale train: wrote the digits {split} shards: {describe_summary(summary)}")
     barrier()  # unconditionally: a rank that started late may already see the shards rank 0 just wrote
 
 
