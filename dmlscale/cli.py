@@ -38,7 +38,8 @@ def _chosen_command(argv: list[str]) -> str | None:
 
 
 def _say_config_warnings(command: str) -> None:
-    """dmlscale's config warnings as one `dmlscale <command>: warning: ...` line each; others as Python shows them."""
+    """dmlscale's config warnings as one `dmlscale <command>: warning: ...` line each; others as Python shows them.
+    Call inside `warnings.catch_warnings()`, which puts the previous display back when the command ends."""
     shown = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
@@ -52,7 +53,13 @@ def _say_config_warnings(command: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(_chosen_command(argv)).parse_args(argv)
-    _say_config_warnings(args.command)
+    with warnings.catch_warnings():
+        _say_config_warnings(args.command)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The chosen command's exit code: its errors as one `dmlscale <command>: error:` line."""
     try:
         result = importlib.import_module(COMMANDS[args.command][0]).main_from_args(args)
     except ValueError as error:

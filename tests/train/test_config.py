@@ -163,3 +163,16 @@ def test_a_shortened_run_warns_what_no_longer_happens(overrides, needle):
         config = load_config(None, overrides)
     assert config.train.steps in (20, 100)
 
+
+
+
+def test_the_cli_restores_the_warning_display_when_a_command_returns(capsys):
+    import warnings
+
+    from dmlscale.cli import main as cli_main
+
+    before = warnings.showwarning
+    for _ in range(2):  # in-process callers (tests, scripts) used to stack one display wrapper per call
+        assert cli_main(["train", "--config", "nope"]) == 2
+        assert warnings.showwarning is before
+    assert "'nope' is neither a YAML file nor a packaged recipe" in capsys.readouterr().err
