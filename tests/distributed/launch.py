@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 
 from dmlscale.distributed import WorldInfo, init_process_group
 from dmlscale.distributed.env import free_port
+from dmlscale.train import train_cli
 
 
 def _worker(rank, world_size, port, out_dir, fn, args):
@@ -45,11 +46,10 @@ def _worker(rank, world_size, port, out_dir, fn, args):
         dist.destroy_process_group()
 
 
-# The ranks start from a fork server that has imported these once per test session, instead of each rank
-# importing torch, DeepSpeed and open_clip again (5-10 s per rank on 2 busy cores); the server has only
-# imported modules, run no threads and formed no group, so its forks start clean.
-FORKSERVER_PRELOAD = ["torch", "torch.distributed", "dmlscale.distributed", "dmlscale.losses", "dmlscale.miners",
-                      "deepspeed", "open_clip", "dmlscale.train.engine", "dmlscale.train.trainer", "tests.distributed.launch"]
+# The ranks start from the fork server `dmlscale train --nproc` uses (its preload list), with the test
+# helpers added, instead of each rank importing torch, DeepSpeed and open_clip again (5-10 s per rank on 2
+# busy cores); the server has only imported modules, run no threads and formed no group.
+FORKSERVER_PRELOAD = [*train_cli.FORKSERVER_PRELOAD, "dmlscale.losses", "dmlscale.miners", "tests.distributed.launch"]
 
 
 def _context():
