@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from dmlscale import components
+from dmlscale.memory import CrossBatchMemory
 from dmlscale.train.config import Config, DataConfig, LossConfig
 
 SIGLIP_INIT_LOGIT_SCALE = math.log(10)  # SigLIP's initialisation: t = 10, b = -10
@@ -87,7 +89,7 @@ def build_run_model(config: Config) -> torch.nn.Module:
 
     model_config = config.model
     family = model_family(config)
-    siglip = config.loss.name == "siglip"
+    siglip = config.loss.name == "SigLipLoss"
     if family == "embedder":
         return build_model(family, model_config.name, embedding_dim=model_config.embed_dim or 128,
                            pretrained=model_config.pretrained)
@@ -152,32 +154,25 @@ def image_transform(image_size: int, *, crop_scale: float = 1.0):
 
 def build_loss(loss: LossConfig, *, embedding_size: int | None = None) -> torch.nn.Module:
     """The distributed loss: every rank's rows against the global batch (exact on one process too)."""
-    from dmlscale import losses, miners
     from dmlscale.distributed import (DistributedClipLoss, DistributedCrossBatchMemory, DistributedLoss,
                                       DistributedSigLipLoss)
 
-    tiling = {} if loss.tiled is None else {"tiled": loss.tiled}
-    if loss.name == "clip":
-        return DistributedClipLoss(**tiling)
-    if loss.name == "siglip":
-        return DistributedSigLipLoss(**tiling)
-    pure = {
-        "ntxent": lambda: losses.NTXentLoss(temperature=loss.temperature, **tiling),
-        "supcon": lambda: losses.SupConLoss(temperature=loss.temperature, **tiling),
-        "triplet": lambda: losses.TripletMarginLoss(margin=loss.margin),
-        "contrastive": lambda: losses.ContrastiveLoss(),
-        "multisimilarity": lambda: losses.MultiSimilarityLoss(),
-    }[loss.name]()
-    miner = None if loss.miner is None else {
-        "batch_hard": lambda: miners.BatchHardMiner(),
-        "triplet_margin": lambda: miners.TripletMarginMiner(margin=loss.margin, type_of_triplets="semihard"),
-        "multisimilarity": lambda: miners.MultiSimilarityMiner(),
-        "pair_margin": lambda: miners.PairMarginMiner(),
-    }[loss.miner]()
+    if loss.name in components.IMAGE_TEXT_LOSSES:
+        distributed = {"ClipLoss": DistributedClipLoss, "SigLipLoss": DistributedSigLipLoss}[loss.name]
+        components.check_options(components.resolve_class("loss", loss.name, key="loss.name"), loss.options,
+                                 key="loss.options")
+        return distributed(**loss.options)
+    context = {} if embedding_size is None else {"embedding_size": embedding_size}
+    pure = components.build_component("loss", {"name": loss.name, "options": loss.options}, key="loss",
+                                      context=context)
+    miner = None
+    if loss.miner is not None:
+        miner = components.build_component("miner", {"name": loss.miner.name, "options": loss.miner.options},
+                                           key="loss.miner")
     if loss.memory_size:
         if embedding_size is None:
             raise ValueError("loss.memory_size needs the model's embedding size")
-        memory = losses.CrossBatchMemory(pure, embedding_size, memory_size=loss.memory_size, miner=miner)
+        memory = CrossBatchMemory(pure, embedding_size, memory_size=loss.memory_size, miner=miner)
         return DistributedCrossBatchMemory(memory)
     return DistributedLoss(pure, miner=miner)
 

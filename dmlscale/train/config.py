@@ -14,10 +14,9 @@ from typing import Literal
 
 import yaml
 
+from dmlscale import components
 from dmlscale.train.schema import Section, apply_overrides, parse_override, section_from_dict  # noqa: F401
 
-IMAGE_TEXT_LOSSES = ("clip", "siglip")
-LABEL_LOSSES = ("ntxent", "supcon", "triplet", "contrastive", "multisimilarity")
 
 
 class ConfigWarning(UserWarning):
@@ -73,24 +72,88 @@ class ModelConfig(Section):
 
 
 @dataclasses.dataclass(kw_only=True)
-class LossConfig(Section):
-    """The training loss; image-text losses need task image_text, label losses task image_label."""
+class ComponentConfig(Section):
+    """A library class by name with its constructor options: `{name: MultiSimilarityMiner, options: {epsilon: 0.1}}`."""
 
-    name: Literal["clip", "siglip", "ntxent", "supcon", "triplet", "contrastive", "multisimilarity"] = "clip"
-    miner: Literal["batch_hard", "triplet_margin", "multisimilarity", "pair_margin"] | None = None
-    temperature: float = 0.07  # ntxent / supcon
-    margin: float = 0.2  # triplet loss and triplet_margin miner
-    memory_size: int = 0  # > 0: cross-batch memory of this many embeddings (label losses)
-    tiled: bool | None = None  # streamed kernel: null lets the loss decide by size
+    name: str
+    options: dict = dataclasses.field(default_factory=dict)  # checked against the class's signature
 
     def check(self) -> None:
-        self._require(self.temperature > 0, "temperature", "a number > 0")
-        self._require(self.margin >= 0, "margin", "a number >= 0")
+        self._require(bool(self.name), "name", "a class name")
+
+
+# The short names of earlier releases (kept for one release, with a warning) and the options they implied.
+LEGACY_LOSSES = {"clip": ("ClipLoss", {}), "siglip": ("SigLipLoss", {}), "ntxent": ("NTXentLoss", {"temperature": 0.07}),
+                 "supcon": ("SupConLoss", {"temperature": 0.07}), "triplet": ("TripletMarginLoss", {"margin": 0.2}),
+                 "contrastive": ("ContrastiveLoss", {}), "multisimilarity": ("MultiSimilarityLoss", {})}
+LEGACY_MINERS = {"batch_hard": ("BatchHardMiner", {}), "triplet_margin": ("TripletMarginMiner", {"margin": 0.2,
+                 "type_of_triplets": "semihard"}), "multisimilarity": ("MultiSimilarityMiner", {}),
+                 "pair_margin": ("PairMarginMiner", {})}
+LEGACY_OPTIONS = ("temperature", "margin", "tiled")
+
+
+@dataclasses.dataclass(kw_only=True)
+class LossConfig(Section):
+    """The training loss: any loss of dmlscale.losses by class name with its constructor options, an optional
+    miner of dmlscale.miners, and a cross-batch memory. ClipLoss and SigLipLoss need data.task=image_text;
+    every other loss takes labels (data.task=image_label)."""
+
+    name: str = "ClipLoss"  # a class of dmlscale.losses
+    options: dict = dataclasses.field(default_factory=dict)  # its constructor options; distance/reducer: {name, options}
+    miner: ComponentConfig | str | None = None  # a class of dmlscale.miners (name or {name, options}); label losses
+    memory_size: int = 0  # > 0: cross-batch memory of this many embeddings (label losses)
+    # deprecated (one release): loss.options.temperature / loss.options.margin / loss.options.tiled instead
+    temperature: float | None = None
+    margin: float | None = None
+    tiled: bool | None = None
+
+    def check(self) -> None:
         self._require(self.memory_size >= 0, "memory_size", "an int >= 0")
+        self._upgrade_legacy_keys()
+        loss_cls = components.resolve_class("loss", self.name, key="name")
+        components.check_options(loss_cls, self.options, key="options", provided=("embedding_size",))
+        if self.miner is not None:
+            miner_cls = components.resolve_class("miner", self.miner.name, key="miner.name")
+            components.check_options(miner_cls, self.miner.options, key="miner.options")
         for key in ("miner", "memory_size"):
-            if self.name in IMAGE_TEXT_LOSSES and getattr(self, key):
-                raise ValueError(f"{key}={getattr(self, key)!r} needs a label loss ({', '.join(LABEL_LOSSES)}); "
-                                 f"name={self.name!r} takes none")
+            if self.name in components.IMAGE_TEXT_LOSSES and getattr(self, key):
+                raise ValueError(f"{key}={getattr(self, key)!r} needs a label loss; name={self.name!r} takes "
+                                 f"(image, text) pairs")
+
+    def _upgrade_legacy_keys(self) -> None:
+        """Earlier releases' keys, said once each and rewritten as the keys that replace them (an explicit
+        loss.options entry wins over a deprecated key, which wins over what a short name implied)."""
+        if isinstance(self.miner, str):
+            if self.miner in LEGACY_MINERS:
+                cls_name, implied = LEGACY_MINERS[self.miner]
+                if "margin" in implied and self.margin is not None:
+                    implied = {**implied, "margin": self.margin}
+                spelled = (cls_name if not implied else f"{{name: {cls_name}, options: {{"
+                           + ", ".join(f"{k}: {v}" for k, v in implied.items()) + "}}")
+                warnings.warn(f"loss.miner={self.miner!r} is deprecated: use loss.miner={spelled}", ConfigWarning,
+                              stacklevel=4)
+                self.miner = ComponentConfig(name=cls_name, options=implied)
+            else:
+                self.miner = ComponentConfig(name=self.miner)
+        cls_name, implied = LEGACY_LOSSES.get(self.name, (self.name, {}))
+        accepted = components.accepted_options(components.resolve_class("loss", cls_name, key="name"))
+        for key in LEGACY_OPTIONS:
+            value = getattr(self, key)
+            if value is None:
+                continue
+            setattr(self, key, None)
+            if key in accepted:
+                warnings.warn(f"loss.{key} is deprecated: use loss.options.{key}={value}", ConfigWarning,
+                              stacklevel=4)
+                self.options.setdefault(key, value)
+            elif not (key == "margin" and self.miner is not None and self.miner.name == "TripletMarginMiner"):
+                warnings.warn(f"loss.{key}={value} has no effect on {cls_name} (deprecated key; its options: "
+                              f"{sorted(accepted)})", ConfigWarning, stacklevel=4)
+        if self.name in LEGACY_LOSSES:
+            warnings.warn(f"loss.name={self.name!r} is deprecated: use loss.name={cls_name}"
+                          + "".join(f" loss.options.{k}={v}" for k, v in implied.items() if k not in self.options),
+                          ConfigWarning, stacklevel=4)
+            self.name, self.options = cls_name, {**implied, **self.options}
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -223,10 +286,12 @@ class Config(Section):
         if self.run_dir is None:
             self.run_dir = str(Path("runs") / self.name)
         image_text = self.data.task == "image_text"
-        if (self.loss.name in IMAGE_TEXT_LOSSES) != image_text:
-            allowed = IMAGE_TEXT_LOSSES if image_text else LABEL_LOSSES
+        if (self.loss.name in components.IMAGE_TEXT_LOSSES) != image_text:
+            allowed = (list(components.IMAGE_TEXT_LOSSES) if image_text
+                       else sorted(set(components.component_classes("loss")) - set(components.IMAGE_TEXT_LOSSES)))
             raise ValueError(f"loss.name={self.loss.name!r} does not fit data.task={self.data.task!r}; "
-                             f"allowed for that task: {list(allowed)}")
+                             f"allowed for that task: {allowed}")
+        self._check_loss_builds()
         if self.data.batch_size % self.train.grad_cache_chunks:
             raise ValueError(f"train.grad_cache_chunks={self.train.grad_cache_chunks} must divide "
                              f"data.batch_size={self.data.batch_size} (equal chunks)")
@@ -248,6 +313,18 @@ class Config(Section):
         if self.checkpoint.every > self.train.steps:
             warnings.warn(f"checkpoint.every={self.checkpoint.every} exceeds train.steps={self.train.steps}: "
                           f"checkpointed only at the end", ConfigWarning, stacklevel=2)
+
+    def _check_loss_builds(self) -> None:
+        """Build the loss and miner once, so that a bad option value fails here, naming its key."""
+        loss = self.loss
+        built = components.build_component("loss", {"name": loss.name, "options": loss.options}, key="loss",
+                                           context={"embedding_size": self.model.embed_dim})
+        if loss.miner is not None:
+            components.build_component("miner", dataclasses.asdict(loss.miner), key="loss.miner")
+        trainable = [name for name, param in built.named_parameters() if param.requires_grad]
+        if trainable:
+            raise ValueError(f"loss.name={loss.name!r} has trainable parameters ({', '.join(trainable)}); the trainer "
+                             f"optimises the model's parameters only, so they would never train")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -29,6 +29,8 @@ def _describe(hint) -> str:
         return "a list of " + {str: "strings", int: "ints", float: "numbers"}.get(args[0], _describe(args[0]))
     if hint is type(None):
         return "null"
+    if hint is dict or origin is dict:
+        return "a mapping with string keys"
     if dataclasses.is_dataclass(hint):
         return f"a mapping with keys {[f.name for f in dataclasses.fields(hint)]}"
     return {int: "an int", float: "a number", bool: "true or false", str: "a string"}[hint]
@@ -43,7 +45,12 @@ def _coerce(hint, value, key: str):
             try:
                 return _coerce(option, value, key)
             except ValueError:
+                if dataclasses.is_dataclass(option) and isinstance(value, dict):
+                    raise  # a mapping meant for this section: its own error names the key
                 continue
+    elif hint is dict or origin is dict:
+        if isinstance(value, dict) and all(isinstance(name, str) for name in value):
+            return dict(value)
     elif origin is Literal:
         if value in args and type(value) in {type(a) for a in args}:
             return value
@@ -104,8 +111,8 @@ def section_from_dict(cls, data: dict, *, prefix: str = ""):
     names = [field.name for field in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ValueError(f"unknown config key {prefix}{unknown[0]!s} (value {data[unknown[0]]!r}); "
-                         f"allowed keys under {prefix.rstrip('.') or 'the top level'}: {names}")
+        raise ValueError(f"{prefix}{unknown[0]!s}: unknown config key (value {data[unknown[0]]!r}); "
+                         f"allowed keys {'under ' + prefix.rstrip('.') if prefix else 'at the top level'}: {names}")
     try:
         return cls(**data)
     except ValueError as error:

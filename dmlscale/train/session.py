@@ -7,6 +7,7 @@ resume decision (or raises the same error).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import torch
 
 from dmlscale.distributed.collectives import all_gather_objects
 from dmlscale.train import checkpoint
-from dmlscale.train.config import Config
+from dmlscale.train.config import Config, ConfigWarning
+from dmlscale.train.schema import section_from_dict
 from dmlscale.train.resume_guard import ResumeChanges, compare
 from dmlscale.train.run_lock import RunLock, RunLockedError
 
@@ -35,6 +37,17 @@ def lock_run_folder(run_dir: Path, *, rank: int, job_id: str) -> RunLock | None:
     if refusal is not None:
         raise RunLockedError(refusal)
     return lock
+
+
+def current_form(saved_config: dict) -> dict:
+    """A checkpoint's config in this release's keys (an earlier release's `loss.name: triplet` becomes
+    `loss.name: TripletMarginLoss` with its options), so that only real changes are compared."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConfigWarning)
+        try:
+            return section_from_dict(Config, saved_config).to_dict()
+        except ValueError:
+            return saved_config  # keys this release no longer reads: compared as saved, so refused by name
 
 
 @dataclass
@@ -63,7 +76,7 @@ def plan_resume(config: Config, requested: str | None, *, world_size: int) -> Re
     saved_config = saved["extra"].get("config")
     changes = None
     if saved_config is not None:
-        changes = compare(saved_config, config.to_dict(), saved_world_size=saved["world_size"],
+        changes = compare(current_form(saved_config), config.to_dict(), saved_world_size=saved["world_size"],
                           world_size=world_size, tag=tag)
     elif saved["world_size"] != world_size:
         raise ValueError(f"checkpoint {tag!r} was saved by {saved['world_size']} ranks without its config; "

@@ -180,8 +180,9 @@ def test_bad_override_and_misplaced_nproc_are_reported(tmp_path, monkeypatch, ca
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss", [["loss.name=triplet", "loss.miner=batch_hard"],
-                                  ["loss.name=supcon", "loss.miner=null", "loss.memory_size=256"]],
+@pytest.mark.parametrize("loss", [[],  # the recipe's TripletMarginLoss with BatchHardMiner
+                                  ["loss.name=SupConLoss", "loss.options={temperature: 0.07}", "loss.miner=null",
+                                   "loss.memory_size=256"]],
                          ids=["triplet+batch_hard", "supcon+cross_batch_memory"])
 def test_metric_learning_recipe_learns(tmp_path, digits_root, loss):
     run_dir = tmp_path / "metric"
@@ -213,7 +214,7 @@ def test_siglip_and_frozen_minilm_tower_train(tmp_path, digits_root):
     from dmlscale.models import minilm_directory
 
     short = ["train.steps=3", "optim.warmup_steps=1", "data.batch_size=16", "eval.every=0", "monitor.plots=false"]
-    main(run_args(tmp_path / "siglip", digits_root, "model.name=dml-tiny-vit", "loss.name=siglip", *short))
+    main(run_args(tmp_path / "siglip", digits_root, "model.name=dml-tiny-vit", "loss.name=SigLipLoss", *short))
     state = consolidated(tmp_path / "siglip")
     assert state["logit_bias"].shape == (1,) and state["logit_bias"].item() != -10.0  # SigLIP's bias trained
     last = json.loads((tmp_path / "siglip" / "metrics.jsonl").read_text().splitlines()[-2])  # before the eval record

@@ -62,11 +62,12 @@ def test_overrides_typed_and_nested(tmp_path):
     (["data=5"], ["data", "5", "mapping"]),
     (["optim.lr.x=1"], ["optim.lr", "a number"]),
     (["noequals"], ["noequals", "key=value"]),
-    (["loss.name=triplet"], ["loss.name", "'triplet'", "data.task", "'clip'"]),
-    (["data.task=image_label"], ["loss.name", "'clip'", "image_label", "'supcon'"]),
-    (["loss.miner=batch_hard"], ["loss.miner", "'batch_hard'", "label loss"]),
+    (["loss.name=TripletMarginLoss"], ["loss.name", "'TripletMarginLoss'", "data.task", "'image_text'"]),
+    (["data.task=image_label"], ["loss.name", "'ClipLoss'", "image_label", "'SupConLoss'"]),
+    (["loss.miner=BatchHardMiner"], ["loss.miner", "'BatchHardMiner'", "label loss"]),
+    (["loss.name=Triplet"], ["loss.name", "'Triplet'", "not a dmlscale loss", "'TripletMarginLoss'"]),
     (["data.batch_size=12", "train.grad_cache_chunks=5"], ["train.grad_cache_chunks", "5", "12"]),
-    (["data.task=image_label", "loss.name=supcon", "model.text_tower=minilm"], ["model.text_tower", "'minilm'"]),
+    (["data.task=image_label", "loss.name=SupConLoss", "model.text_tower=minilm"], ["model.text_tower", "'minilm'"]),
     (["name=a/b"], ["name", "'a/b'"]),
     (["train.stop_at=400", "train.steps=300"], ["train.stop_at", "400", "steps=300"]),
     (["data.crop_scale=0"], ["data.crop_scale", "0.0", "(0, 1]"]),
@@ -99,7 +100,7 @@ def test_missing_and_malformed_files(tmp_path):
 
 
 def test_save_round_trip(tmp_path):
-    config = load_config(None, ["optim.betas=[0.8, 0.9]", "loss.name=siglip", "train.steps=3"])
+    config = load_config(None, ["optim.betas=[0.8, 0.9]", "loss.name=SigLipLoss", "train.steps=3"])
     save_config(config, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == config
 

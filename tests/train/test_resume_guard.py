@@ -27,7 +27,7 @@ def test_world_size_and_batch_size_changes_re_plan():
 
 
 @pytest.mark.parametrize("override, name", [("seed=3", "seed"), ("model.name=dml-tiny-rn", "model.name"),
-                                            ("loss.temperature=0.1", "loss.temperature"),
+                                            ("loss.options.tiled=true", "loss.options.tiled"),
                                             ("optim.betas=[0.9, 0.95]", "optim.betas")])
 def test_other_changes_are_refused_by_name_with_both_values(override, name):
     with pytest.raises(ValueError, match=rf"cannot resume checkpoint 'step_00000007': {name} \(checkpoint: .*, now: "):

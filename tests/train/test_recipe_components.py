@@ -1,0 +1,206 @@
+"""A recipe names any loss, miner, reducer and distance of the library with its constructor options; options are
+checked against the class's signature, and the earlier releases' keys still work, with a warning."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+
+import pytest
+import yaml
+
+from dmlscale import components, distances, losses, miners
+from dmlscale.distributed import DistributedClipLoss, DistributedCrossBatchMemory, DistributedLoss, DistributedSigLipLoss
+from dmlscale.train.build import build_loss
+from dmlscale.train.config import ConfigWarning, LossConfig, load_config
+from dmlscale.train.schema import section_from_dict
+from dmlscale.train.session import current_form
+
+EMBEDDING_SIZE = 16
+REQUIRED = {"CenterLoss": {"num_classes": 10}}  # options without a default
+
+
+def label_recipe(tmp_path, loss: dict):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"data": {"task": "image_label"}, "model": {"embed_dim": EMBEDDING_SIZE},
+                                    "loss": loss}))
+    return load_config(path)
+
+
+def changed_option(cls: type) -> tuple[str, object] | None:
+    """A numeric option of `cls` set to a valid value other than its default, to see it reach the instance."""
+    for name, param in components.accepted_options(cls).items():
+        default = param.default
+        if isinstance(default, bool) or not isinstance(default, (int, float)) or name in ("tile_size", "p", "power"):
+            continue
+        if name == "tiled_threshold":
+            return name, default + 1
+        return name, (default * 0.5 if default else 0.25) if isinstance(default, float) else default + 1
+    return None
+
+
+def test_every_kind_is_offered_without_its_templates():
+    assert set(components.component_classes("loss")) >= {"TripletMarginLoss", "ClipLoss", "SigLipLoss", "NCALoss",
+                                                         "CircleLoss", "MultiSimilarityLoss", "SupConLoss"}
+    assert "GenericPairLoss" not in components.component_classes("loss")
+    assert "BaseMetricLossFunction" not in components.component_classes("loss")
+    assert "MeanReducer" not in components.component_classes("loss")
+    assert "BaseMiner" not in components.component_classes("miner")
+    assert set(components.component_classes("distance")) == {"LpDistance", "CosineSimilarity",
+                                                             "DotProductSimilarity", "SNRDistance"}
+    assert set(components.component_classes("reducer")) >= {"MeanReducer", "AvgNonZeroReducer", "ThresholdReducer"}
+
+
+@pytest.mark.parametrize("name", sorted(components.component_classes("loss")))
+def test_every_loss_builds_from_a_recipe_dict_with_its_options(name):
+    cls = components.component_classes("loss")[name]
+    options = dict(REQUIRED.get(name, {}))
+    changed = changed_option(cls)
+    if changed is not None:
+        options[changed[0]] = changed[1]
+    loss_config = section_from_dict(LossConfig, {"name": name, "options": options})
+    built = build_loss(loss_config, embedding_size=EMBEDDING_SIZE)
+    if name in components.IMAGE_TEXT_LOSSES:
+        assert isinstance(built, {"ClipLoss": DistributedClipLoss, "SigLipLoss": DistributedSigLipLoss}[name])
+        pure = built
+    else:
+        assert isinstance(built, DistributedLoss) and type(built.loss) is cls
+        pure = built.loss
+    if changed is not None and hasattr(pure, changed[0]):
+        assert getattr(pure, changed[0]) == pytest.approx(changed[1]), changed
+
+
+@pytest.mark.parametrize("name", sorted(components.component_classes("miner")))
+def test_every_miner_builds_from_a_recipe_dict(tmp_path, name):
+    cls = components.component_classes("miner")[name]
+    changed = changed_option(cls)
+    options = {} if changed is None else {changed[0]: changed[1]}
+    config = label_recipe(tmp_path, {"name": "ContrastiveLoss", "miner": {"name": name, "options": options}})
+    built = build_loss(config.loss, embedding_size=EMBEDDING_SIZE)
+    assert type(built.miner) is cls
+    if changed is not None and hasattr(built.miner, changed[0]):
+        assert getattr(built.miner, changed[0]) == pytest.approx(changed[1])
+
+
+@pytest.mark.parametrize("name", sorted(components.component_classes("reducer")))
+def test_every_reducer_builds_from_a_recipe_dict(tmp_path, name):
+    options = {"ThresholdReducer": {"low": 0.1},
+               "MultipleReducers": {"reducers": {"pos_loss": "SumReducer", "neg_loss": {"name": "MeanReducer"}}}}
+    config = label_recipe(tmp_path, {"name": "ContrastiveLoss", "options": {
+        "reducer": {"name": name, "options": options.get(name, {})}}})
+    reducer = build_loss(config.loss, embedding_size=EMBEDDING_SIZE).loss.reducer
+    if name == "DoNothingReducer":  # kept whole, as in PML: the loss returns its unreduced terms
+        assert type(reducer) is losses.DoNothingReducer
+    elif name == "MultipleReducers":
+        assert isinstance(reducer, losses.MultipleReducers)
+        assert type(reducer.reducers["pos_loss"]) is losses.SumReducer
+        assert type(reducer.reducers["neg_loss"]) is losses.MeanReducer
+    else:  # ContrastiveLoss has two sub-losses: each gets a copy of the named reducer
+        assert {type(r) for r in reducer.reducers.values()} == {components.component_classes("reducer")[name]}
+    if name == "ThresholdReducer":
+        assert all(r.low == 0.1 for r in reducer.reducers.values())
+
+
+@pytest.mark.parametrize("name", sorted(components.component_classes("distance")))
+def test_every_distance_builds_from_a_recipe_dict_for_loss_and_miner(tmp_path, name):
+    spec = {"name": name, "options": {"power": 2}}
+    config = label_recipe(tmp_path, {"name": "TripletMarginLoss", "options": {"distance": spec},
+                                     "miner": {"name": "TripletMarginMiner", "options": {"distance": spec}}})
+    built = build_loss(config.loss, embedding_size=EMBEDDING_SIZE)
+    for part in (built.loss, built.miner):
+        assert type(part.distance) is getattr(distances, name) and part.distance.power == 2
+
+
+def test_the_issue_example_builds_exactly_what_it_says(tmp_path):
+    config = label_recipe(tmp_path, {"name": "MultiSimilarityLoss", "options": {"alpha": 2, "beta": 40},
+                                     "miner": {"name": "MultiSimilarityMiner", "options": {"epsilon": 0.1}},
+                                     "memory_size": 64})
+    built = build_loss(config.loss, embedding_size=EMBEDDING_SIZE)
+    assert isinstance(built, DistributedCrossBatchMemory)
+    loss, miner = built.memory.loss, built.memory.miner
+    assert type(loss) is losses.MultiSimilarityLoss and (loss.alpha, loss.beta, loss.base) == (2, 40, 0.5)
+    assert type(miner) is miners.MultiSimilarityMiner and miner.epsilon == 0.1
+
+
+@pytest.mark.parametrize("loss, needles", [
+    ({"name": "MultiSimilarityLoss", "options": {"alpah": 2}},
+     ["loss.options.alpah", "MultiSimilarityLoss", "did you mean 'alpha'"]),
+    ({"name": "ContrastiveLoss", "miner": {"name": "PairMarginMiner", "options": {"pos_margn": 0.1}}},
+     ["loss.miner.options.pos_margn", "PairMarginMiner", "did you mean 'pos_margin'"]),
+    ({"name": "ContrastiveLoss", "options": {"distance": {"name": "CosineSimilarity", "options": {"powr": 2}}}},
+     ["loss.options.distance.options.powr", "CosineSimilarity", "did you mean 'power'"]),
+    ({"name": "ContrastiveLoss", "options": {"reducer": "MeanReduce"}},
+     ["loss.options.reducer", "'MeanReduce'", "did you mean 'MeanReducer'"]),
+    ({"name": "TripletMarginLos"}, ["loss.name", "'TripletMarginLos'", "did you mean 'TripletMarginLoss'"]),
+    ({"name": "ContrastiveLoss", "miner": "BatchHardMiners"}, ["loss.miner.name", "'BatchHardMiners'"]),
+    ({"name": "ContrastiveLoss", "options": {"neg_margin": "wide"}},
+     ["loss.options.neg_margin", "a number", "ContrastiveLoss", "'wide'"]),
+    ({"name": "TripletMarginLoss", "options": {"tiled": "yes"}}, ["loss.options.tiled", "true or false", "'yes'"]),
+    ({"name": "NTXentLoss", "options": {"temperature": -1}}, ["loss.options", "temperature=-1", "positive"]),
+    ({"name": "ContrastiveLoss", "options": "margin=1"}, ["loss.options", "mapping", "'margin=1'"]),
+    ({"name": "ContrastiveLoss", "miner": {"name": "PairMarginMiner", "opts": {}}}, ["loss.miner", "opts"]),
+])
+def test_a_misspelled_or_bad_option_is_refused_by_name(tmp_path, loss, needles):
+    with pytest.raises(ValueError) as error:
+        label_recipe(tmp_path, loss)
+    for needle in needles:
+        assert needle in str(error.value), (needle, str(error.value))
+
+
+def test_a_required_option_and_a_loss_the_trainer_cannot_train_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"loss\.options\.num_classes: CenterLoss needs this option"):
+        label_recipe(tmp_path, {"name": "CenterLoss"})
+    # its centres are loss parameters, which the engine (it trains the model's parameters) would leave untouched
+    with pytest.raises(ValueError, match=r"loss.name='CenterLoss' has trainable parameters \(centres"):
+        label_recipe(tmp_path, {"name": "CenterLoss", "options": {"num_classes": 10}})
+
+
+def test_image_text_loss_options_reach_the_distributed_loss():
+    built = build_loss(section_from_dict(LossConfig, {"name": "SigLipLoss", "options": {"tiled": True,
+                                                                                        "tile_size": 8}}))
+    assert isinstance(built, DistributedSigLipLoss) and built.tiled is True and built.tile_size == 8
+    with pytest.raises(ValueError, match=r"options.temperature: ClipLoss takes no option 'temperature'"):
+        section_from_dict(LossConfig, {"name": "ClipLoss", "options": {"temperature": 0.1}})
+
+
+def legacy(*overrides: str):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = load_config(None, ["data.task=image_label", *overrides])
+    return config, [str(w.message) for w in caught if issubclass(w.category, ConfigWarning)]
+
+
+@pytest.mark.parametrize("old, new", [
+    (["loss.name=triplet", "loss.miner=batch_hard"],
+     ["loss.name=TripletMarginLoss", "loss.options.margin=0.2", "loss.miner=BatchHardMiner"]),
+    (["loss.name=supcon"], ["loss.name=SupConLoss", "loss.options.temperature=0.07"]),
+    (["loss.name=ntxent", "loss.temperature=0.2", "loss.tiled=true"],
+     ["loss.name=NTXentLoss", "loss.options={temperature: 0.2, tiled: true}"]),
+    (["loss.name=triplet", "loss.margin=0.3", "loss.miner=triplet_margin"],
+     ["loss.name=TripletMarginLoss", "loss.options.margin=0.3",
+      "loss.miner={name: TripletMarginMiner, options: {margin: 0.3, type_of_triplets: semihard}}"]),
+    (["loss.name=contrastive", "loss.tiled=false"], ["loss.name=ContrastiveLoss", "loss.options.tiled=false"]),
+])
+def test_earlier_keys_still_work_with_a_warning_each(old, new):
+    old_config, said = legacy(*old)
+    new_config, new_said = legacy(*new)
+    assert old_config == new_config and new_said == []
+    assert said and all("deprecated" in line for line in said), said
+    for key in ("loss.name", "loss.miner", "loss.temperature", "loss.margin", "loss.tiled"):
+        if any(o.startswith(key + "=") for o in old):
+            assert any(line.startswith(key) for line in said), (key, said)
+
+
+def test_an_earlier_key_that_does_nothing_is_said_not_dropped():
+    config, said = legacy("loss.name=MultiSimilarityLoss", "loss.temperature=0.5")
+    assert config.loss.options == {} and config.loss.temperature is None
+    assert said == [f"loss.temperature=0.5 has no effect on MultiSimilarityLoss (deprecated key; its options: "
+                    f"{sorted(inspect.signature(losses.MultiSimilarityLoss).parameters.keys() - {'kwargs'} | {'distance', 'reducer', 'collect_stats'})})"]
+
+
+def test_a_checkpoint_config_in_earlier_keys_compares_equal_to_the_same_run_today():
+    today = load_config(None, ["data.task=image_label", "loss.name=TripletMarginLoss", "loss.options.margin=0.2",
+                               "loss.miner=BatchHardMiner"]).to_dict()
+    earlier = {**today, "loss": {"name": "triplet", "miner": "batch_hard", "temperature": 0.07, "margin": 0.2,
+                                 "memory_size": 0, "tiled": None}}
+    assert current_form(earlier) == today
