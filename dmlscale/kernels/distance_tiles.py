@@ -11,6 +11,8 @@ the recomputed block, so no distance needs a hand-written derivative.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from dmlscale.distances import BaseDistance
@@ -87,3 +89,19 @@ def normalised_pair(distance: BaseDistance, embeddings: torch.Tensor, ref_emb: t
     """(q_BD, r_RD) normalised once; the reference is the same tensor when the batch meets itself."""
     q_BD = distance.maybe_normalize(embeddings)
     return q_BD, (q_BD if ref_emb is embeddings else distance.maybe_normalize(ref_emb))
+
+
+def similarity_logits(distance: BaseDistance, mat_BR: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Larger-is-closer logits of a distance matrix (or tile): mat / t for similarities, -mat / t for distances."""
+    return (mat_BR if distance.is_inverted else -mat_BR) / temperature
+
+
+def similarity_tile_fn(distance: BaseDistance,
+                       temperature: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """logits_fn(q_TD, r_TD) = +-mat**power / temperature of already normalised rows (+ for similarities)."""
+    sign = 1.0 if distance.is_inverted else -1.0
+
+    def logits_fn(q_TD: torch.Tensor, r_TD: torch.Tensor) -> torch.Tensor:
+        return sign * distance_tile(distance, q_TD, r_TD) / temperature
+
+    return logits_fn

@@ -17,6 +17,7 @@ import torch
 
 from dmlscale.distances import BaseDistance
 from dmlscale.kernels.distance_tiles import distance_tile, paired_values, tile_label_masks
+from dmlscale.kernels.label_pairs import negative_counts, pair_chunks, positive_pairs
 from dmlscale.kernels.tiles import tiles
 
 
@@ -30,34 +31,6 @@ def margin_keep(gap, margin: float, type_of_triplets: str):
     elif type_of_triplets == "semihard":
         keep &= gap > 0
     return keep
-
-
-def positive_pairs(labels_B: torch.Tensor, ref_labels_R: torch.Tensor, query_ref_index_B: torch.Tensor):
-    """(a_P, p_P): every same-label (query, reference) pair except the self pairs, in row-major order,
-    built from a sort of the reference labels (memory O(B + R + P))."""
-    order_R = torch.sort(ref_labels_R, stable=True).indices
-    sorted_R = ref_labels_R[order_R]
-    start_B = torch.searchsorted(sorted_R, labels_B)
-    count_B = torch.searchsorted(sorted_R, labels_B, right=True) - start_B
-    a_P = torch.repeat_interleave(torch.arange(len(labels_B), device=labels_B.device), count_B)
-    first_P = torch.repeat_interleave(torch.cumsum(count_B, 0) - count_B, count_B)
-    p_P = order_R[start_B[a_P] + torch.arange(len(a_P), device=a_P.device) - first_P]
-    keep_P = p_P != query_ref_index_B[a_P]
-    return a_P[keep_P], p_P[keep_P]
-
-
-def negative_counts(labels_B: torch.Tensor, ref_labels_R: torch.Tensor) -> torch.Tensor:
-    """Number of different-label reference rows of each query row (B)."""
-    sorted_R = torch.sort(ref_labels_R).values
-    same_B = torch.searchsorted(sorted_R, labels_B, right=True) - torch.searchsorted(sorted_R, labels_B)
-    return len(ref_labels_R) - same_B
-
-
-def pair_chunks(a_P: torch.Tensor, chunk: int):
-    """(s0, s1, a0, a1): consecutive runs of at most `chunk` pairs and the anchor rows a0:a1 they span."""
-    for s0 in range(0, len(a_P), chunk):
-        s1 = min(s0 + chunk, len(a_P))
-        yield s0, s1, int(a_P[s0]), int(a_P[s1 - 1]) + 1
 
 
 def _in_range(mat_TT, allowed):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dmlscale.kernels.distance_tiles import normalised_pair
 from dmlscale.kernels.mining import streamed_hardest
 from dmlscale.miners.batch_easy_hard import HARD, BatchEasyHardMiner
-from dmlscale.tiling import DEFAULT_TILE, TilingSwitch
+from dmlscale.kernels.tiles import DEFAULT_TILE, TilingSwitch
 
 
 class BatchHardMiner(TilingSwitch, BatchEasyHardMiner):

@@ -16,7 +16,7 @@ from dmlscale.kernels.distance_tiles import normalised_pair
 from dmlscale.kernels.mining import margin_keep, streamed_margin_triplets
 from dmlscale.miners.base import BaseMiner
 from dmlscale.param_checks import check_real
-from dmlscale.tiling import DEFAULT_TILE, TilingSwitch
+from dmlscale.kernels.tiles import DEFAULT_TILE, TilingSwitch
 
 TRIPLET_TYPES = ("all", "hard", "semihard", "easy")
 

@@ -1,4 +1,4 @@
-"""Streamed tile kernels: the global similarity matrix is walked tile by tile and never materialised.
+"""CLIP and SigLIP tile kernels: the global similarity matrix is walked tile by tile and never materialised.
 
 Legend: N pairs, D feature size, T tile size, raw_TT = img_T . txt_T^T for one tile,
 logits = scale * raw + bias, *_N one value per row (image) or column (text).
@@ -18,10 +18,8 @@ import math
 
 import torch
 
-from dmlscale.kernels.tiles import tiles
+from dmlscale.kernels.tiles import DEFAULT_TILE, tiles
 from dmlscale.param_checks import check_positive_int
-from dmlscale.tiling import DEFAULT_TILE, TilingSwitch
-
 
 
 def scalar_value(value) -> float:
@@ -229,15 +227,3 @@ def tiled_siglip_sum(img_nD: torch.Tensor, txt_ND: torch.Tensor, logit_scale, lo
     """Sum of the SigLIP terms of n local image rows against N texts, row i matching column col_offset + i."""
     check_tile(tile)
     return TiledSigLipFunction.apply(img_nD, txt_ND, logit_scale, logit_bias, col_offset, tile)
-
-
-class TiledPairLoss(TilingSwitch, torch.nn.Module):
-    """Base of the image-text losses: picks the streamed kernel above a batch-size threshold.
-
-    `tiled`: None picks it when the batch has at least `tiled_threshold` pairs; True/False force
-    either path. Both paths give the same value and gradients.
-    """
-
-    def __init__(self, *, tiled: bool | None = None, tile_size: int = DEFAULT_TILE, tiled_threshold: int = 4096) -> None:
-        super().__init__()
-        self.set_tiling(tiled, tile_size, tiled_threshold)

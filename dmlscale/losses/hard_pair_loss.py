@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from dmlscale.losses.logsumexp import masked_logsumexp
-from dmlscale.losses.pair import GenericPairLoss
+from dmlscale.kernels.logsumexp import masked_logsumexp
+from dmlscale.losses.generic_pair_loss import GenericPairLoss
 from dmlscale.param_checks import check_real
 
 

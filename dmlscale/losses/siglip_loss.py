@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dmlscale.losses.clip import check_pair_features, check_scale, scaled_logits
-from dmlscale.losses.tiled import TiledPairLoss, tiled_siglip_loss
+from dmlscale.kernels.clip_siglip import tiled_siglip_loss
+from dmlscale.losses.tiled_pair_loss import TiledPairLoss, check_pair_features, check_scale, scaled_logits
 
 
 def siglip_row_loss_sum(image_nD, text_ND, positive_col_n, logit_scale, logit_bias) -> torch.Tensor:

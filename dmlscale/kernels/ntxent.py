@@ -18,33 +18,6 @@ import torch
 from dmlscale.kernels.tiles import tiles
 
 
-def similarity_tile_fn(distance, temperature: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """logits_fn(q_TD, r_TD) = +-mat**power / temperature of already normalised rows (+ for similarities)."""
-    sign = 1.0 if distance.is_inverted else -1.0
-
-    def logits_fn(q_TD, r_TD):
-        mat_TT = distance.compute_mat(q_TD, r_TD)
-        return sign * (mat_TT if distance.power == 1 else mat_TT**distance.power) / temperature
-
-    return logits_fn
-
-
-def label_positive_pairs(labels_B, ref_labels_R, query_ref_index_B):
-    """(a_P, p_P): every same-label pair but the self pairs, in row-major order, without a B x R mask."""
-    order_R = torch.argsort(ref_labels_R, stable=True)
-    sorted_R = ref_labels_R[order_R].contiguous()
-    labels_B = labels_B.to(sorted_R.dtype)
-    start_B = torch.searchsorted(sorted_R, labels_B, side="left")
-    count_B = torch.searchsorted(sorted_R, labels_B, side="right") - start_B
-    rows_B = torch.arange(len(labels_B), device=labels_B.device)
-    a_P = torch.repeat_interleave(rows_B, count_B)
-    within_P = torch.arange(len(a_P), device=labels_B.device) - torch.repeat_interleave(
-        torch.cumsum(count_B, 0) - count_B, count_B)
-    p_P = order_R[start_B[a_P] + within_P]
-    keep_P = p_P != query_ref_index_B[a_P]
-    return a_P[keep_P], p_P[keep_P]
-
-
 class _TileBuckets:
     """Pairs (rows_P, cols_P) grouped by the tile (in `tiles` order) they fall in."""
 

@@ -1,4 +1,4 @@
-"""InfoNCE-family pair losses: NT-Xent (SimCLR) and SupCon, vectorised over the B x R matrix.
+"""NT-Xent (SimCLR's InfoNCE over labelled pairs), vectorised over the B x R matrix or streamed tile by tile.
 
 Legend: B queries, R references, P positive pairs (a1_P, p_P), N negative pairs; mat_BR the distance
 matrix, logits_BR = +-mat_BR / temperature (negated for distances), neg_count_BR how often each
@@ -11,18 +11,12 @@ import torch
 
 from dmlscale.distances import CosineSimilarity
 from dmlscale.indices import convert_to_pairs, matches_and_diffs
-from dmlscale.losses.logsumexp import masked_logsumexp
-from dmlscale.losses.pair import GenericPairLoss
-from dmlscale.losses.reducers import AvgNonZeroReducer
-from dmlscale.tiling import DEFAULT_TILE, TilingSwitch
-from dmlscale.losses.tiled_ntxent import label_positive_pairs, similarity_tile_fn, tiled_ntxent_pair_losses
-from dmlscale.losses.tiled_supcon import tiled_supcon_row_losses
+from dmlscale.kernels.distance_tiles import normalised_pair, similarity_logits, similarity_tile_fn
+from dmlscale.kernels.label_pairs import pair_counts, positive_pairs
+from dmlscale.kernels.ntxent import tiled_ntxent_pair_losses
+from dmlscale.kernels.tiles import DEFAULT_TILE, TilingSwitch
+from dmlscale.losses.generic_pair_loss import GenericPairLoss
 from dmlscale.param_checks import check_positive
-
-
-def similarity_logits(loss, mat_BR: torch.Tensor) -> torch.Tensor:
-    """Larger-is-closer logits: mat / t for similarities, -mat / t for distances."""
-    return (mat_BR if loss.distance.is_inverted else -mat_BR) / loss.temperature
 
 
 class NTXentLoss(TilingSwitch, GenericPairLoss):
@@ -35,7 +29,7 @@ class NTXentLoss(TilingSwitch, GenericPairLoss):
     and gradient, but the negative sums are taken once per anchor row from a B x R count matrix, so
     memory is O(B*R + P) instead of PML's O(P*N) = O(B^3) positive x negative tensor.
 
-    `tiled`: None streams the matrix tile by tile (losses/tiled_ntxent.py, memory O((B + R) D + P +
+    `tiled`: None streams the matrix tile by tile (kernels/ntxent.py, memory O((B + R) D + P +
     tile_size^2)) when max(B, R) >= `tiled_threshold`; True/False force either path, same numbers.
     """
 
@@ -71,7 +65,7 @@ class NTXentLoss(TilingSwitch, GenericPairLoss):
             neg_count_BR = torch.zeros(len(embeddings), len(ref_emb), dtype=embeddings.dtype, device=embeddings.device)
             neg_count_BR.index_put_((a2_N, n_N), torch.ones_like(a2_N, dtype=neg_count_BR.dtype), accumulate=True)
             neg_BR = neg_count_BR > 0
-        logits_BR = similarity_logits(self, self.distance(embeddings, ref_emb))
+        logits_BR = similarity_logits(self.distance, self.distance(embeddings, ref_emb), self.temperature)
         losses_P = ntxent_pair_losses(logits_BR, a1_P, p_P, neg_BR, neg_count_BR)
         return {"loss": {"losses": losses_P, "indices": (a1_P, p_P), "reduction_type": "pos_pair"}}
 
@@ -82,23 +76,17 @@ class NTXentLoss(TilingSwitch, GenericPairLoss):
             num_pos, num_neg = pair_counts(labels, ref_labels, query_ref_index)
             if (num_pos <= 1 and num_neg <= 1) or num_pos == 0 or num_neg == 0:
                 return self.zero_losses()
-            a1_P, p_P = label_positive_pairs(labels, ref_labels, query_ref_index)
+            a1_P, p_P = positive_pairs(labels, ref_labels, query_ref_index)
             neg_spec = ("labels", labels, ref_labels)
         else:
             a1_P, p_P, a2_N, n_N = convert_to_pairs(indices_tuple, labels, ref_labels, query_ref_index)
             if all(len(x) <= 1 for x in (a1_P, p_P, a2_N, n_N)) or len(a1_P) == 0 or len(a2_N) == 0:
                 return self.zero_losses()
             neg_spec = ("pairs", a2_N, n_N)
-        query_BD, ref_RD = normalized_pair(self.distance, embeddings, ref_emb)
+        query_BD, ref_RD = normalised_pair(self.distance, embeddings, ref_emb)
         losses_P = tiled_ntxent_pair_losses(query_BD, ref_RD, a1_P, p_P, neg_spec,
                                             similarity_tile_fn(self.distance, self.temperature), self.tile_size)
         return {"loss": {"losses": losses_P, "indices": (a1_P, p_P), "reduction_type": "pos_pair"}}
-
-
-def normalized_pair(distance, embeddings, ref_emb):
-    """(queries, references) after the distance's optional normalisation, shared when they are the same."""
-    query_BD = distance.maybe_normalize(embeddings)
-    return query_BD, (query_BD if ref_emb is embeddings else distance.maybe_normalize(ref_emb))
 
 
 def ntxent_pair_losses(logits_BR, a1_P, p_P, neg_BR, neg_count_BR=None) -> torch.Tensor:
@@ -123,78 +111,3 @@ def ntxent_pair_losses(logits_BR, a1_P, p_P, neg_BR, neg_count_BR=None) -> torch
     numerator_P = torch.exp(pos_P - pair_shift_P)
     denominator_P = numerator_P + neg_sum_B[a1_P] * rescale_P
     return -torch.log(numerator_P / denominator_P + torch.finfo(logits_BR.dtype).tiny)
-
-
-class SupConLoss(TilingSwitch, GenericPairLoss):
-    """Supervised contrastive loss (Khosla et al. 2020): for each anchor row a with positives P(a)
-    and negatives N(a), with l = logits,
-
-        L_a = -1/|P(a)| sum_{p in P(a)} ( l_ap - log sum_{r in P(a) U N(a)} exp(l_ar) )
-
-    (rows without positives give 0 and are dropped by the default AvgNonZeroReducer).
-    `tiled`: None streams the matrix (losses/tiled_supcon.py) when max(B, R) >= `tiled_threshold`, so a
-    rank's few local rows against a large gathered batch stream too; True/False force either path.
-    """
-
-    uses_masks = True
-
-    def __init__(self, temperature: float = 0.1, *, tiled: bool | None = None, tile_size: int = DEFAULT_TILE,
-                 tiled_threshold: int = 4096, **kwargs) -> None:
-        super().__init__(**kwargs)
-        check_positive(type(self).__name__, "temperature", temperature)
-        self.temperature = temperature
-        self.add_to_recordable_attributes(list_of_names=["temperature"], is_stat=False)
-        self.set_tiling(tiled, tile_size, tiled_threshold)
-
-    def get_default_distance(self):
-        return CosineSimilarity()
-
-    def get_default_reducer(self):
-        return AvgNonZeroReducer()
-
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
-        if indices_tuple is not None:
-            return super().compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index)
-        # from labels, the masks come straight from label equality (no list of all B*R pairs)
-        self.require_labels(labels, indices_tuple)
-        if self.uses_tiles(max(len(embeddings), len(ref_emb))):
-            return self.tiled_loss(embeddings, labels, ref_emb, ref_labels, query_ref_index)
-        same_BR, diff_BR = matches_and_diffs(labels, ref_labels, query_ref_index)
-        if int(same_BR.sum()) <= 1 and int(diff_BR.sum()) <= 1:
-            return self.zero_losses()
-        mat_BR = self.distance(embeddings, ref_emb)
-        return self.mask_loss(mat_BR, same_BR.to(mat_BR.dtype), diff_BR.to(mat_BR.dtype))
-
-    def mask_loss(self, mat_BR, pos_BR, neg_BR) -> dict:
-        if not (bool(pos_BR.any()) and bool(neg_BR.any())):
-            return self.zero_losses()
-        logits_BR = similarity_logits(self, mat_BR)
-        logits_BR = logits_BR - logits_BR.amax(dim=1, keepdim=True).detach()
-        lse_B = masked_logsumexp(logits_BR, (pos_BR + neg_BR) > 0, add_one=False)
-        log_prob_BR = logits_BR - lse_B[:, None]
-        num_pos_B = pos_BR.sum(dim=1)
-        mean_log_prob_pos_B = (pos_BR * log_prob_BR).sum(dim=1) / (num_pos_B + torch.finfo(mat_BR.dtype).tiny)
-        indices_B = torch.arange(len(mat_BR), device=mat_BR.device)
-        return {"loss": {"losses": -mean_log_prob_pos_B, "indices": indices_B, "reduction_type": "element"}}
-
-    def tiled_loss(self, embeddings, labels, ref_emb, ref_labels, query_ref_index) -> dict:
-        """The same per-row losses, streamed tile by tile (losses/tiled_supcon.py): no B x R matrix."""
-        num_pos, num_neg = pair_counts(labels, ref_labels, query_ref_index)
-        if (num_pos <= 1 and num_neg <= 1) or num_pos == 0 or num_neg == 0:
-            return self.zero_losses()
-        query_BD, ref_RD = normalized_pair(self.distance, embeddings, ref_emb)
-        self_index_B = torch.full_like(labels, -1) if query_ref_index is None else query_ref_index
-        losses_B = tiled_supcon_row_losses(query_BD, ref_RD, labels, ref_labels, self_index_B,
-                                           similarity_tile_fn(self.distance, self.temperature), self.tile_size)
-        indices_B = torch.arange(len(embeddings), device=embeddings.device)
-        return {"loss": {"losses": losses_B, "indices": indices_B, "reduction_type": "element"}}
-
-
-def pair_counts(labels_B, ref_labels_R, query_ref_index_B) -> tuple[int, int]:
-    """Numbers of positive and negative pairs implied by the labels, without a B x R mask."""
-    values, inverse = torch.unique(torch.cat([labels_B, ref_labels_R]), return_inverse=True)
-    query_counts = torch.bincount(inverse[: len(labels_B)], minlength=len(values))
-    ref_counts = torch.bincount(inverse[len(labels_B):], minlength=len(values))
-    same = int((query_counts * ref_counts).sum())
-    own = 0 if query_ref_index_B is None else int((query_ref_index_B >= 0).sum())
-    return same - own, len(labels_B) * len(ref_labels_R) - same

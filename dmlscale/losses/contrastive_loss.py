@@ -1,10 +1,10 @@
-"""Pair losses: a shared pair-extraction step (GenericPairLoss) and the contrastive loss.
+"""Contrastive loss: hinges on the positive and the negative pair values, each part reduced on its own.
 
 Legend: B queries, R references, P positive pairs, N negative pairs; mat_BR the distance matrix.
 
-ContrastiveLoss from labels has a streamed path (`tiled`, automatic at max(B, R) >= tiled_threshold):
-the P positive pairs' values are computed directly and the B x R negatives are summed tile by tile
-as (sum, count) under the reducer's filter (losses/streamed_pairs.py); same value and gradient.
+From labels it has a streamed path (`tiled`, automatic at max(B, R) >= tiled_threshold): the P
+positive pairs' values are computed directly and the B x R negatives are summed tile by tile as
+(sum, count) under the reducer's filter (kernels/pairs.py); same value and gradient.
 """
 
 from __future__ import annotations
@@ -12,58 +12,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dmlscale.indices import convert_to_pairs, pair_masks
-from dmlscale.losses.base import BaseMetricLossFunction
 from dmlscale.kernels.distance_tiles import normalised_pair, paired_values
+from dmlscale.kernels.label_pairs import negative_counts, positive_pairs
+from dmlscale.kernels.pairs import streamed_negative_hinge
+from dmlscale.kernels.tiles import DEFAULT_TILE, TilingSwitch
+from dmlscale.losses.generic_pair_loss import GenericPairLoss, streams_from_labels
 from dmlscale.losses.reducers import AvgNonZeroReducer
-from dmlscale.kernels.mining import negative_counts, positive_pairs
-from dmlscale.losses.streamed_pairs import streamed_negative_hinge
-from dmlscale.losses.streamed_totals import (
-    ReducesStreamedTotals,
-    sub_reducer,
-    supports_totals,
-    term_filter,
-    totals_entry,
-)
-from dmlscale.tiling import DEFAULT_TILE, TilingSwitch
-
-
-class GenericPairLoss(BaseMetricLossFunction):
-    """Resolve (a1, p, a2, n) pairs, compute the distance matrix once, hand either the pair values
-    (`pair_loss`) or dense 0/1 masks (`mask_loss`) to the subclass."""
-
-    uses_masks = False
-
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
-        self.require_labels(labels, indices_tuple)
-        pairs = convert_to_pairs(indices_tuple, labels, ref_labels, query_ref_index)
-        if all(len(x) <= 1 for x in pairs):
-            return self.zero_losses()
-        mat_BR = self.distance(embeddings, ref_emb)
-        if self.uses_masks:
-            pos_BR, neg_BR = pair_masks(pairs, mat_BR.shape[0], mat_BR.shape[1], mat_BR.dtype, mat_BR.device)
-            return self.mask_loss(mat_BR, pos_BR, neg_BR)
-        a1, p, a2, n = pairs
-        return self.pair_loss(mat_BR[a1, p], mat_BR[a2, n], pairs, mat_BR)
-
-    def pair_loss(self, pos_P, neg_N, pairs, mat_BR) -> dict:
-        raise NotImplementedError
-
-    def mask_loss(self, mat_BR, pos_BR, neg_BR) -> dict:
-        raise NotImplementedError
-
-
-def streams_from_labels(loss, embeddings, labels, indices_tuple, ref_emb, totals_reducer=None) -> bool:
-    """Whether `loss` takes its streamed path: no indices_tuple, a large batch, and (for a streamed
-    (sum, count) entry) a `totals_reducer` that reduces it; with tiled=True another reducer is a ValueError."""
-    if indices_tuple is not None or labels is None or not loss.uses_tiles(max(len(embeddings), len(ref_emb))):
-        return False
-    if totals_reducer is not None and not supports_totals(totals_reducer):
-        if loss.tiled:
-            raise ValueError(f"{type(loss).__name__}(tiled=True) cannot stream with reducer "
-                             f"{type(totals_reducer).__name__}; use a Mean, Sum or Threshold reducer, or tiled=None/False")
-        return False
-    return True
+from dmlscale.losses.streamed_totals import ReducesStreamedTotals, sub_reducer, term_filter, totals_entry
 
 
 class ContrastiveLoss(TilingSwitch, ReducesStreamedTotals, GenericPairLoss):

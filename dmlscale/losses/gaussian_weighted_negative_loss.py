@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from dmlscale.indices import convert_to_pairs
-from dmlscale.losses.pair import ContrastiveLoss
+from dmlscale.losses.contrastive_loss import ContrastiveLoss
 from dmlscale.param_checks import check_positive_int, check_real
 
 FAVOUR_CHOICES = ("mean", "tails")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from dmlscale.distances import BaseDistance, CosineSimilarity
-from dmlscale.losses.pair import GenericPairLoss
+from dmlscale.losses.generic_pair_loss import GenericPairLoss
 from dmlscale.param_checks import check_real
 
 

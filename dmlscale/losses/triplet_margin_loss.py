@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from dmlscale.indices import convert_to_triplets
-from dmlscale.losses.base import BaseMetricLossFunction
+from dmlscale.kernels.batch_all_triplets import streamed_batch_all
 from dmlscale.kernels.distance_tiles import normalised_pair, paired_values
+from dmlscale.kernels.tiles import DEFAULT_TILE, TilingSwitch
+from dmlscale.losses.base import BaseMetricLossFunction
 from dmlscale.losses.reducers import AvgNonZeroReducer
 from dmlscale.losses.streamed_totals import ReducesStreamedTotals, supports_totals, term_filter, totals_entry
-from dmlscale.losses.streamed_triplet import streamed_batch_all
-from dmlscale.tiling import DEFAULT_TILE, TilingSwitch
 from dmlscale.param_checks import check_positive_int
 
 

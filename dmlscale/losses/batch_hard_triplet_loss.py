@@ -12,7 +12,7 @@ With `tiled` (automatic at max(B, R) >= tiled_threshold) both the mining and the
 
 from __future__ import annotations
 
-from dmlscale.losses.triplet import TripletMarginLoss
+from dmlscale.losses.triplet_margin_loss import TripletMarginLoss
 from dmlscale.miners.batch_hard import BatchHardMiner
 
 
