@@ -21,7 +21,7 @@ from dmlscale.kernels.label_pairs import negative_counts, pair_chunks, positive_
 from dmlscale.kernels.tiles import tiles
 
 
-def margin_keep(gap, margin: float, type_of_triplets: str):
+def margin_keep(gap: torch.Tensor, margin: float, type_of_triplets: str) -> torch.Tensor:
     """The test on gap = d_an - d_ap (s_ap - s_an for a similarity) of each type_of_triplets."""
     if type_of_triplets == "easy":
         return gap > margin
@@ -38,8 +38,10 @@ def _in_range(mat_TT, allowed):
 
 
 @torch.no_grad()
-def streamed_hardest(distance: BaseDistance, q_BD, r_RD, labels_B, ref_labels_R, query_ref_index_B, tile: int,
-                     allowed_pos_range=None, allowed_neg_range=None):
+def streamed_hardest(distance: BaseDistance, q_BD: torch.Tensor, r_RD: torch.Tensor, labels_B: torch.Tensor,
+                     ref_labels_R: torch.Tensor, query_ref_index_B: torch.Tensor, tile: int,
+                     allowed_pos_range: tuple[float, float] | None = None,
+                     allowed_neg_range: tuple[float, float] | None = None) -> tuple[torch.Tensor, ...]:
     """Batch-hard triplets: (a, p, n, d_ap, d_an) for every anchor with an admissible positive and negative."""
     num_rows = q_BD.shape[0]
     pos_value_B = torch.zeros(num_rows, dtype=q_BD.dtype, device=q_BD.device)
@@ -73,8 +75,10 @@ def streamed_hardest(distance: BaseDistance, q_BD, r_RD, labels_B, ref_labels_R,
 
 
 @torch.no_grad()
-def streamed_margin_triplets(distance: BaseDistance, q_BD, r_RD, labels_B, ref_labels_R, query_ref_index_B,
-                             margin: float, type_of_triplets: str, tile: int):
+def streamed_margin_triplets(distance: BaseDistance, q_BD: torch.Tensor, r_RD: torch.Tensor, labels_B: torch.Tensor,
+                             ref_labels_R: torch.Tensor, query_ref_index_B: torch.Tensor, margin: float,
+                             type_of_triplets: str,
+                             tile: int) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, float]]:
     """TripletMarginMiner's triplets (a, p, n), ordered by a, then p, then n, and the mean d_ap,
     d_an and gap over every valid triplet (the miner's statistics)."""
     a_P, p_P = positive_pairs(labels_B, ref_labels_R, query_ref_index_B)

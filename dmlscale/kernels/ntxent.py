@@ -21,7 +21,7 @@ from dmlscale.kernels.tiles import tiles
 class _TileBuckets:
     """Pairs (rows_P, cols_P) grouped by the tile (in `tiles` order) they fall in."""
 
-    def __init__(self, rows_P, cols_P, tile: int, num_cols: int, num_tiles: int) -> None:
+    def __init__(self, rows_P: torch.Tensor, cols_P: torch.Tensor, tile: int, num_cols: int, num_tiles: int) -> None:
         num_col_tiles = -(-num_cols // tile)
         tile_id_P = (rows_P // tile) * num_col_tiles + cols_P // tile
         self.order_P = torch.argsort(tile_id_P, stable=True)
@@ -57,7 +57,9 @@ class TiledNTXentFunction(torch.autograd.Function):
     ("pairs", a2_N, n_N)."""
 
     @staticmethod
-    def forward(ctx, query_BD, ref_RD, a_P, p_P, neg_spec, logits_fn, tile):
+    def forward(ctx, query_BD: torch.Tensor, ref_RD: torch.Tensor, a_P: torch.Tensor, p_P: torch.Tensor,
+                neg_spec: tuple, logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                tile: int) -> tuple[torch.Tensor, torch.Tensor]:
         num_rows, num_cols = query_BD.shape[0], ref_RD.shape[0]
         num_tiles = _num_tiles(num_rows, num_cols, tile)
         pos_buckets = _TileBuckets(a_P, p_P, tile, num_cols, num_tiles)
@@ -77,7 +79,7 @@ class TiledNTXentFunction(torch.autograd.Function):
         return pos_P, neg_lse_B
 
     @staticmethod
-    def backward(ctx, grad_pos_P, grad_lse_B):
+    def backward(ctx, grad_pos_P: torch.Tensor, grad_lse_B: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         query_BD, ref_RD, neg_lse_B = ctx.saved_tensors
         has_neg_B = torch.isfinite(neg_lse_B)
         row_weight_B = torch.where(has_neg_B, grad_lse_B, torch.zeros_like(grad_lse_B))

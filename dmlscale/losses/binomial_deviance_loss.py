@@ -7,6 +7,8 @@ Legend: B queries, R references; sim_BR the similarity matrix (any distance work
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from dmlscale.distances import BaseDistance, CosineSimilarity
@@ -48,7 +50,7 @@ class BinomialDevianceLoss(GenericPairLoss):
     uses_masks = True
 
     def __init__(self, alpha: float = 2.0, beta: float = 50.0, margin: float = 0.5, slack: float = 0.05,
-                 neg_weight: float = 0.04, **kwargs) -> None:
+                 neg_weight: float = 0.04, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         name = type(self).__name__
         self.alpha = check_real(name, "alpha", alpha, minimum=0, strict=True)
@@ -60,7 +62,7 @@ class BinomialDevianceLoss(GenericPairLoss):
     def get_default_distance(self) -> BaseDistance:
         return CosineSimilarity()
 
-    def mask_loss(self, mat_BR, pos_BR, neg_BR) -> dict:
+    def mask_loss(self, mat_BR: torch.Tensor, pos_BR: torch.Tensor, neg_BR: torch.Tensor) -> dict:
         pos_keep_BR = pos_BR > 0
         inverted = self.distance.is_inverted
         with torch.no_grad():

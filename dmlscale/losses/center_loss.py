@@ -6,6 +6,8 @@ each sample's own centre, *_B one value per query row.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from dmlscale.distances import BaseDistance, LpDistance
@@ -29,7 +31,7 @@ class CenterLoss(BaseMetricLossFunction):
 
     compares_to_reference = False
 
-    def __init__(self, num_classes: int, embedding_size: int, **kwargs) -> None:
+    def __init__(self, num_classes: int, embedding_size: int, **kwargs: Any) -> None:
         check_positive_int(type(self).__name__, "num_classes", num_classes)
         check_positive_int(type(self).__name__, "embedding_size", embedding_size)
         super().__init__(**kwargs)
@@ -41,10 +43,11 @@ class CenterLoss(BaseMetricLossFunction):
         self.embedding_size = embedding_size
         self.centres_CD = torch.nn.Parameter(torch.randn(num_classes, embedding_size))
 
-    def get_default_distance(self):
+    def get_default_distance(self) -> BaseDistance:
         return LpDistance(normalize_embeddings=False, power=2)
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
+    def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor | None, indices_tuple: tuple | None,
+                     ref_emb: torch.Tensor, ref_labels: torch.Tensor | None, query_ref_index: torch.Tensor) -> dict:
         if ref_emb is not embeddings:
             raise ValueError("CenterLoss compares embeddings with its class centres; ref_emb is not supported")
         self.require_labels(labels, allow_indices=False)

@@ -7,13 +7,15 @@ the positive / negative pairs, *_B one value per query row.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-from dmlscale.distances import CosineSimilarity
+from dmlscale.distances import BaseDistance, CosineSimilarity
 from dmlscale.kernels.logsumexp import masked_logsumexp
 from dmlscale.losses.generic_pair_loss import GenericPairLoss
-from dmlscale.losses.reducers import AvgNonZeroReducer
+from dmlscale.losses.reducers import AvgNonZeroReducer, BaseReducer
 from dmlscale.param_checks import check_positive, check_real
 
 
@@ -29,7 +31,7 @@ class CircleLoss(GenericPairLoss):
 
     uses_masks = True
 
-    def __init__(self, m: float = 0.4, gamma: float = 80, **kwargs) -> None:
+    def __init__(self, m: float = 0.4, gamma: float = 80, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.require_distance(CosineSimilarity)
         owner = type(self).__name__
@@ -41,13 +43,13 @@ class CircleLoss(GenericPairLoss):
         self.add_to_recordable_attributes(list_of_names=["m", "gamma", "op", "on", "delta_p", "delta_n"],
                                           is_stat=False)
 
-    def get_default_distance(self):
+    def get_default_distance(self) -> BaseDistance:
         return CosineSimilarity()
 
-    def get_default_reducer(self):
+    def get_default_reducer(self) -> BaseReducer:
         return AvgNonZeroReducer()
 
-    def mask_loss(self, mat_BR, pos_BR, neg_BR) -> dict:
+    def mask_loss(self, mat_BR: torch.Tensor, pos_BR: torch.Tensor, neg_BR: torch.Tensor) -> dict:
         is_pos_BR, is_neg_BR = pos_BR > 0, neg_BR > 0
         sim_BR = mat_BR.detach()
         pos_logits_BR = -self.gamma * torch.relu(self.op - sim_BR) * (mat_BR - self.delta_p)

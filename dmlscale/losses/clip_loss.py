@@ -16,7 +16,8 @@ from dmlscale.kernels.clip_siglip import tiled_clip_loss
 from dmlscale.losses.tiled_pair_loss import TiledPairLoss, check_pair_features, check_scale, scaled_logits
 
 
-def clip_row_losses(query_nD, ref_ND, targets_n, logit_scale, logit_bias=None) -> torch.Tensor:
+def clip_row_losses(query_nD: torch.Tensor, ref_ND: torch.Tensor, targets_n: torch.Tensor,
+                    logit_scale: float | torch.Tensor, logit_bias: float | torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy of each query row over all reference rows, the target being the row `targets_n[i]`."""
     return F.cross_entropy(scaled_logits(query_nD, ref_ND, logit_scale, logit_bias), targets_n, reduction="none")
 
@@ -29,8 +30,8 @@ class ClipLoss(TiledPairLoss):
     give the same value and gradients.
     """
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale,
-                logit_bias=None, output_dict: bool = False):
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: float | torch.Tensor,
+                logit_bias: float | torch.Tensor | None = None, output_dict: bool = False) -> torch.Tensor | dict:
         check_pair_features(image_features, text_features)
         check_scale("logit_scale", logit_scale)
         if logit_bias is not None:

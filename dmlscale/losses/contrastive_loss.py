@@ -9,6 +9,8 @@ positive pairs' values are computed directly and the B x R negatives are summed 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -17,7 +19,7 @@ from dmlscale.kernels.label_pairs import negative_counts, positive_pairs
 from dmlscale.kernels.pairs import streamed_negative_hinge
 from dmlscale.kernels.tiles import DEFAULT_TILE, TilingSwitch
 from dmlscale.losses.generic_pair_loss import GenericPairLoss, streams_from_labels
-from dmlscale.losses.reducers import AvgNonZeroReducer
+from dmlscale.losses.reducers import AvgNonZeroReducer, BaseReducer
 from dmlscale.losses.streamed_totals import ReducesStreamedTotals, sub_reducer, term_filter, totals_entry
 
 
@@ -26,13 +28,14 @@ class ContrastiveLoss(TilingSwitch, ReducesStreamedTotals, GenericPairLoss):
     (terms swapped for similarities); each part is reduced separately and the two are summed."""
 
     def __init__(self, pos_margin: float = 0, neg_margin: float = 1, *, tiled: bool | None = None,
-                 tile_size: int = DEFAULT_TILE, tiled_threshold: int = 4096, **kwargs) -> None:
+                 tile_size: int = DEFAULT_TILE, tiled_threshold: int = 4096, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.pos_margin = pos_margin
         self.neg_margin = neg_margin
         self.set_tiling(tiled, tile_size, tiled_threshold)
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
+    def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor | None, indices_tuple: tuple | None,
+                     ref_emb: torch.Tensor, ref_labels: torch.Tensor | None, query_ref_index: torch.Tensor) -> dict:
         neg_reducer = sub_reducer(self.reducer, "neg_loss")
         if not streams_from_labels(self, embeddings, labels, indices_tuple, ref_emb, neg_reducer):
             return super().compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index)
@@ -52,13 +55,14 @@ class ContrastiveLoss(TilingSwitch, ReducesStreamedTotals, GenericPairLoss):
         pos_loss = self.pair_loss(pos_P, pos_P[:0], (a_P, p_P, no_pairs, no_pairs), None)["pos_loss"]
         return {"pos_loss": pos_loss, "neg_loss": neg_entry}
 
-    def get_default_reducer(self):
+    def get_default_reducer(self) -> BaseReducer:
         return AvgNonZeroReducer()
 
     def sub_loss_names(self) -> list[str]:
         return ["pos_loss", "neg_loss"]
 
-    def pair_loss(self, pos_P, neg_N, pairs, mat_BR) -> dict:
+    def pair_loss(self, pos_P: torch.Tensor, neg_N: torch.Tensor, pairs: tuple,
+                  mat_BR: torch.Tensor | None) -> dict:
         pos_loss = F.relu(self.distance.margin(pos_P, self.pos_margin)) if len(pos_P) > 0 else 0
         neg_loss = F.relu(self.distance.margin(self.neg_margin, neg_N)) if len(neg_N) > 0 else 0
         return {

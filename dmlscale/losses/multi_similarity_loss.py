@@ -9,9 +9,11 @@ online log-sum-exps over tiles (kernels/pairs.py), no B x R matrix.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from dmlscale.distances import CosineSimilarity
+from dmlscale.distances import BaseDistance, CosineSimilarity
 from dmlscale.kernels.distance_tiles import normalised_pair
 from dmlscale.kernels.label_pairs import negative_counts, positive_pairs
 from dmlscale.kernels.logsumexp import masked_logsumexp
@@ -32,7 +34,7 @@ class MultiSimilarityLoss(TilingSwitch, GenericPairLoss):
     uses_masks = True
 
     def __init__(self, alpha: float = 2, beta: float = 50, base: float = 0.5, *, tiled: bool | None = None,
-                 tile_size: int = DEFAULT_TILE, tiled_threshold: int = 4096, **kwargs) -> None:
+                 tile_size: int = DEFAULT_TILE, tiled_threshold: int = 4096, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         owner = type(self).__name__
         check_positive(owner, "alpha", alpha)
@@ -42,10 +44,11 @@ class MultiSimilarityLoss(TilingSwitch, GenericPairLoss):
         self.add_to_recordable_attributes(list_of_names=["alpha", "beta", "base"], is_stat=False)
         self.set_tiling(tiled, tile_size, tiled_threshold)
 
-    def get_default_distance(self):
+    def get_default_distance(self) -> BaseDistance:
         return CosineSimilarity()
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
+    def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor | None, indices_tuple: tuple | None,
+                     ref_emb: torch.Tensor, ref_labels: torch.Tensor | None, query_ref_index: torch.Tensor) -> dict:
         if not streams_from_labels(self, embeddings, labels, indices_tuple, ref_emb):
             return super().compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index)
         num_pos = len(positive_pairs(labels, ref_labels, query_ref_index)[0])
@@ -57,7 +60,7 @@ class MultiSimilarityLoss(TilingSwitch, GenericPairLoss):
         return {"loss": {"losses": losses_B, "indices": torch.arange(len(losses_B), device=losses_B.device),
                          "reduction_type": "element"}}
 
-    def mask_loss(self, mat_BR, pos_BR, neg_BR) -> dict:
+    def mask_loss(self, mat_BR: torch.Tensor, pos_BR: torch.Tensor, neg_BR: torch.Tensor) -> dict:
         pos_excess_BR = self.distance.margin(mat_BR, self.base)  # > 0 when a positive is farther than base
         neg_excess_BR = self.distance.margin(self.base, mat_BR)  # > 0 when a negative is closer than base
         pos_B = masked_logsumexp(self.alpha * pos_excess_BR, pos_BR > 0, add_one=True) / self.alpha

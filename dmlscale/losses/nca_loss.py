@@ -5,10 +5,12 @@ Legend: B queries, R references, D embedding size; mat_BR the distance matrix, *
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-from dmlscale.distances import LpDistance
+from dmlscale.distances import BaseDistance, LpDistance
 from dmlscale.indices import anchor_weights, self_mask
 from dmlscale.losses.base import BaseMetricLossFunction
 from dmlscale.param_checks import check_positive
@@ -25,16 +27,17 @@ class NCALoss(BaseMetricLossFunction):
     frequent); anchors with no same-class reference are dropped. Default distance squared Euclidean.
     """
 
-    def __init__(self, softmax_scale: float = 1, **kwargs) -> None:
+    def __init__(self, softmax_scale: float = 1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_positive(type(self).__name__, "softmax_scale", softmax_scale)
         self.softmax_scale = softmax_scale
         self.add_to_recordable_attributes(list_of_names=["softmax_scale"], is_stat=False)
 
-    def get_default_distance(self):
+    def get_default_distance(self) -> BaseDistance:
         return LpDistance(power=2)
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
+    def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor | None, indices_tuple: tuple | None,
+                     ref_emb: torch.Tensor, ref_labels: torch.Tensor | None, query_ref_index: torch.Tensor) -> dict:
         if len(embeddings) <= 1:
             return self.zero_losses()
         self.require_labels(labels, allow_indices=False)

@@ -7,9 +7,11 @@ matrix, logits_BR = +-mat_BR / temperature (negated for distances), neg_count_BR
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from dmlscale.distances import CosineSimilarity
+from dmlscale.distances import BaseDistance, CosineSimilarity
 from dmlscale.indices import convert_to_pairs, matches_and_diffs
 from dmlscale.kernels.distance_tiles import normalised_pair, similarity_logits, similarity_tile_fn
 from dmlscale.kernels.label_pairs import pair_counts, positive_pairs
@@ -34,17 +36,18 @@ class NTXentLoss(TilingSwitch, GenericPairLoss):
     """
 
     def __init__(self, temperature: float = 0.07, *, tiled: bool | None = None, tile_size: int = DEFAULT_TILE,
-                 tiled_threshold: int = 4096, **kwargs) -> None:
+                 tiled_threshold: int = 4096, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_positive(type(self).__name__, "temperature", temperature)
         self.temperature = temperature
         self.add_to_recordable_attributes(list_of_names=["temperature"], is_stat=False)
         self.set_tiling(tiled, tile_size, tiled_threshold)
 
-    def get_default_distance(self):
+    def get_default_distance(self) -> BaseDistance:
         return CosineSimilarity()
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
+    def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor | None, indices_tuple: tuple | None,
+                     ref_emb: torch.Tensor, ref_labels: torch.Tensor | None, query_ref_index: torch.Tensor) -> dict:
         self.require_labels(labels, indices_tuple)
         if self.uses_tiles(max(len(embeddings), len(ref_emb))):
             return self.tiled_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index)
@@ -69,7 +72,8 @@ class NTXentLoss(TilingSwitch, GenericPairLoss):
         losses_P = ntxent_pair_losses(logits_BR, a1_P, p_P, neg_BR, neg_count_BR)
         return {"loss": {"losses": losses_P, "indices": (a1_P, p_P), "reduction_type": "pos_pair"}}
 
-    def tiled_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
+    def tiled_loss(self, embeddings: torch.Tensor, labels: torch.Tensor, indices_tuple: tuple | None,
+                   ref_emb: torch.Tensor, ref_labels: torch.Tensor, query_ref_index: torch.Tensor) -> dict:
         """The same per-pair losses, streamed tile by tile: no B x R matrix (pairs listed by the tuple or,
         from labels, only the positive pairs)."""
         if indices_tuple is None:
@@ -89,7 +93,8 @@ class NTXentLoss(TilingSwitch, GenericPairLoss):
         return {"loss": {"losses": losses_P, "indices": (a1_P, p_P), "reduction_type": "pos_pair"}}
 
 
-def ntxent_pair_losses(logits_BR, a1_P, p_P, neg_BR, neg_count_BR=None) -> torch.Tensor:
+def ntxent_pair_losses(logits_BR: torch.Tensor, a1_P: torch.Tensor, p_P: torch.Tensor, neg_BR: torch.Tensor,
+                       neg_count_BR: torch.Tensor | None = None) -> torch.Tensor:
     """Per-positive-pair NT-Xent losses from the logits and the negatives of each anchor row.
 
     Each pair is shifted by m_ap = max(l_ap, max_n l_an) (detached) as PML does. The row sums are

@@ -6,9 +6,11 @@ Legend: B queries, R references; mat_BR the distance matrix, logits_BR = +-mat_B
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from dmlscale.distances import CosineSimilarity
+from dmlscale.distances import BaseDistance, CosineSimilarity
 from dmlscale.indices import matches_and_diffs
 from dmlscale.kernels.distance_tiles import normalised_pair, similarity_logits, similarity_tile_fn
 from dmlscale.kernels.label_pairs import pair_counts
@@ -16,7 +18,7 @@ from dmlscale.kernels.logsumexp import masked_logsumexp
 from dmlscale.kernels.supcon import tiled_supcon_row_losses
 from dmlscale.kernels.tiles import DEFAULT_TILE, TilingSwitch
 from dmlscale.losses.generic_pair_loss import GenericPairLoss
-from dmlscale.losses.reducers import AvgNonZeroReducer
+from dmlscale.losses.reducers import AvgNonZeroReducer, BaseReducer
 from dmlscale.param_checks import check_positive
 
 
@@ -34,20 +36,21 @@ class SupConLoss(TilingSwitch, GenericPairLoss):
     uses_masks = True
 
     def __init__(self, temperature: float = 0.1, *, tiled: bool | None = None, tile_size: int = DEFAULT_TILE,
-                 tiled_threshold: int = 4096, **kwargs) -> None:
+                 tiled_threshold: int = 4096, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_positive(type(self).__name__, "temperature", temperature)
         self.temperature = temperature
         self.add_to_recordable_attributes(list_of_names=["temperature"], is_stat=False)
         self.set_tiling(tiled, tile_size, tiled_threshold)
 
-    def get_default_distance(self):
+    def get_default_distance(self) -> BaseDistance:
         return CosineSimilarity()
 
-    def get_default_reducer(self):
+    def get_default_reducer(self) -> BaseReducer:
         return AvgNonZeroReducer()
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
+    def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor | None, indices_tuple: tuple | None,
+                     ref_emb: torch.Tensor, ref_labels: torch.Tensor | None, query_ref_index: torch.Tensor) -> dict:
         if indices_tuple is not None:
             return super().compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index)
         # from labels, the masks come straight from label equality (no list of all B*R pairs)
@@ -60,7 +63,7 @@ class SupConLoss(TilingSwitch, GenericPairLoss):
         mat_BR = self.distance(embeddings, ref_emb)
         return self.mask_loss(mat_BR, same_BR.to(mat_BR.dtype), diff_BR.to(mat_BR.dtype))
 
-    def mask_loss(self, mat_BR, pos_BR, neg_BR) -> dict:
+    def mask_loss(self, mat_BR: torch.Tensor, pos_BR: torch.Tensor, neg_BR: torch.Tensor) -> dict:
         if not (bool(pos_BR.any()) and bool(neg_BR.any())):
             return self.zero_losses()
         logits_BR = similarity_logits(self.distance, mat_BR, self.temperature)
@@ -72,7 +75,8 @@ class SupConLoss(TilingSwitch, GenericPairLoss):
         indices_B = torch.arange(len(mat_BR), device=mat_BR.device)
         return {"loss": {"losses": -mean_log_prob_pos_B, "indices": indices_B, "reduction_type": "element"}}
 
-    def tiled_loss(self, embeddings, labels, ref_emb, ref_labels, query_ref_index) -> dict:
+    def tiled_loss(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor,
+                   ref_labels: torch.Tensor, query_ref_index: torch.Tensor) -> dict:
         """The same per-row losses, streamed tile by tile (kernels/supcon.py): no B x R matrix."""
         num_pos, num_neg = pair_counts(labels, ref_labels, query_ref_index)
         if (num_pos <= 1 and num_neg <= 1) or num_pos == 0 or num_neg == 0:

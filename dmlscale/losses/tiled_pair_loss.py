@@ -17,7 +17,8 @@ class TiledPairLoss(TilingSwitch, torch.nn.Module):
     either path. Both paths give the same value and gradients.
     """
 
-    def __init__(self, *, tiled: bool | None = None, tile_size: int = DEFAULT_TILE, tiled_threshold: int = 4096) -> None:
+    def __init__(self, *, tiled: bool | None = None, tile_size: int = DEFAULT_TILE,
+                 tiled_threshold: int = 4096) -> None:
         super().__init__()
         self.set_tiling(tiled, tile_size, tiled_threshold)
 
@@ -35,7 +36,8 @@ def check_pair_features(image_features: torch.Tensor, text_features: torch.Tenso
         )
 
 
-def check_scale(name: str, value) -> None:
+def check_scale(name: str, value: float | torch.Tensor) -> None:
+    """Raise a ValueError naming `name` unless `value` is a number or a one-element tensor."""
     if torch.is_tensor(value):
         if value.numel() != 1:
             raise ValueError(f"{name} must hold one number (shape [] or [1]), got shape {tuple(value.shape)}")
@@ -43,7 +45,8 @@ def check_scale(name: str, value) -> None:
         raise ValueError(f"{name} must be a number or a one-element tensor, got {type(value).__name__}")
 
 
-def scaled_logits(query_nD: torch.Tensor, ref_ND: torch.Tensor, logit_scale, logit_bias=None) -> torch.Tensor:
+def scaled_logits(query_nD: torch.Tensor, ref_ND: torch.Tensor, logit_scale: float | torch.Tensor,
+                  logit_bias: float | torch.Tensor | None = None) -> torch.Tensor:
     """logits_nN = logit_scale * query . ref^T (+ logit_bias)."""
     logits_nN = logit_scale * (query_nD @ ref_ND.t())
     return logits_nN if logit_bias is None else logits_nN + logit_bias
