@@ -12,13 +12,9 @@ from typing import Any
 import torch
 
 from dmlscale.distances import BaseDistance, CosineSimilarity
+from dmlscale.kernels.logsumexp import log_one_plus_exp
 from dmlscale.losses.generic_pair_loss import GenericPairLoss
 from dmlscale.param_checks import check_real
-
-
-def _softplus(x: torch.Tensor) -> torch.Tensor:
-    """log(1 + e^x), exact for every x (no linear cut-off)."""
-    return torch.logaddexp(x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def _masked_mean(x_BR: torch.Tensor, keep_BR: torch.Tensor) -> torch.Tensor:
@@ -74,8 +70,8 @@ class BinomialDevianceLoss(GenericPairLoss):
                 neg_keep_BR = (neg_BR > 0) & (mat_BR > (hardest_pos_B - self.slack)[:, None])
             else:
                 neg_keep_BR = (neg_BR > 0) & (mat_BR < (hardest_pos_B + self.slack)[:, None])
-        pos_B = _masked_mean(_softplus(self.alpha * self.distance.margin(mat_BR, self.margin)), pos_keep_BR)
-        neg_B = _masked_mean(_softplus(self.beta * self.distance.margin(self.margin, mat_BR)), neg_keep_BR)
+        pos_B = _masked_mean(log_one_plus_exp(self.alpha * self.distance.margin(mat_BR, self.margin)), pos_keep_BR)
+        neg_B = _masked_mean(log_one_plus_exp(self.beta * self.distance.margin(self.margin, mat_BR)), neg_keep_BR)
         loss_B = pos_B + self.neg_weight * neg_B
         anchors_B = torch.arange(mat_BR.shape[0], device=mat_BR.device)
         return {"loss": {"losses": loss_B, "indices": anchors_B, "reduction_type": "element"}}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from dmlscale.distances import BaseDistance
+from dmlscale.kernels.logsumexp import log_one_plus_exp
 from dmlscale.losses.reducers import BaseReducer, MeanReducer
 from dmlscale.losses.triplet_margin_loss import TripletMarginLoss
 from dmlscale.param_checks import check_real
@@ -37,8 +38,7 @@ class SoftMarginTripletLoss(TripletMarginLoss):
     def per_triplet_loss(self, violation_T: torch.Tensor) -> torch.Tensor:
         # margin is 0, so the violation is d_ap - d_an; log(1 + e^x) exactly, without softplus's
         # linear cut-off above x = 20
-        return torch.logaddexp(self.beta * violation_T, torch.zeros((), dtype=violation_T.dtype,
-                                                                    device=violation_T.device))
+        return log_one_plus_exp(self.beta * violation_T)
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, triplets_per_anchor={self.triplets_per_anchor!r}"
