@@ -1,7 +1,7 @@
-"""Input checks shared by distances, losses and miners: embeddings, labels and the reference batch.
+"""The input contract of the library: what valid embeddings, labels, a reference batch and a self
+index are, checked in one place for distances, losses, miners, memory and eval.
 
-A neutral module (it imports only torch), so that `losses/` and `miners/` can both build on it
-without importing each other.
+It imports only torch: every part of the library below the application checks its inputs here.
 """
 
 from __future__ import annotations

@@ -20,9 +20,10 @@ from dmlscale.distributed.collectives import (
     global_offsets,
     world_rank_and_size,
 )
-from dmlscale.losses.clip import check_pair_features, check_scale, clip_row_losses
-from dmlscale.losses.siglip import siglip_row_loss_sum
-from dmlscale.losses.tiled import TiledPairLoss, clip_lse, scalar_value, tiled_clip_sum, tiled_siglip_sum
+from dmlscale.kernels.clip_siglip import clip_lse, scalar_value, tiled_clip_sum, tiled_siglip_sum
+from dmlscale.losses.clip_loss import clip_row_losses
+from dmlscale.losses.siglip_loss import siglip_row_loss_sum
+from dmlscale.losses.tiled_pair_loss import TiledPairLoss, check_pair_features, check_scale
 
 
 def _global_value(local_sum: torch.Tensor, denominator: int, group) -> torch.Tensor:

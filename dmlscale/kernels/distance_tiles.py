@@ -11,6 +11,8 @@ the recomputed block, so no distance needs a hand-written derivative.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from dmlscale.distances import BaseDistance
@@ -29,7 +31,8 @@ class PairedValuesFunction(torch.autograd.Function):
     scatters its rows' gradients (never a B x D gradient per block)."""
 
     @staticmethod
-    def forward(ctx, q_BD, r_RD, rows_P, cols_P, distance, chunk):
+    def forward(ctx, q_BD: torch.Tensor, r_RD: torch.Tensor, rows_P: torch.Tensor, cols_P: torch.Tensor,
+                distance: BaseDistance, chunk: int) -> torch.Tensor:
         values_P = torch.cat([distance_tile(distance, q_BD[rows_P[s:s + chunk]], r_RD[cols_P[s:s + chunk]]).diagonal()
                               for s in range(0, len(rows_P), chunk)])
         ctx.save_for_backward(q_BD, r_RD, rows_P, cols_P)
@@ -37,7 +40,7 @@ class PairedValuesFunction(torch.autograd.Function):
         return values_P
 
     @staticmethod
-    def backward(ctx, grad_P):
+    def backward(ctx, grad_P: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         q_BD, r_RD, rows_P, cols_P = ctx.saved_tensors
         dq_BD, dr_RD = torch.zeros_like(q_BD), torch.zeros_like(r_RD)
         for s in range(0, len(rows_P), ctx.chunk):
@@ -57,7 +60,8 @@ def paired_values(distance: BaseDistance, q_BD: torch.Tensor, r_RD: torch.Tensor
     return PairedValuesFunction.apply(q_BD, r_RD, rows_P, cols_P, distance, chunk)
 
 
-def tile_label_masks(labels_B, ref_labels_R, query_ref_index_B, r0: int, r1: int, c0: int, c1: int):
+def tile_label_masks(labels_B: torch.Tensor, ref_labels_R: torch.Tensor, query_ref_index_B: torch.Tensor, r0: int,
+                     r1: int, c0: int, c1: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(positive, negative) boolean masks of rows r0:r1 x columns c0:c1: same label but not the
     row's own sample, and different label (the conventions of `indices.matches_and_diffs`)."""
     same_TT = labels_B[r0:r1, None] == ref_labels_R[None, c0:c1]
@@ -68,7 +72,8 @@ def tile_label_masks(labels_B, ref_labels_R, query_ref_index_B, r0: int, r1: int
     return same_TT, neg_TT
 
 
-def tile_backward(distance: BaseDistance, q_TD: torch.Tensor, r_TD: torch.Tensor, grad_fn):
+def tile_backward(distance: BaseDistance, q_TD: torch.Tensor, r_TD: torch.Tensor,
+                  grad_fn: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Recompute one tile under autograd and pull `grad_fn(mat_TT) = dL/dmat_TT` back to its rows.
 
     Returns (dq_TD, dr_TD). `grad_fn` sees the detached tile values (it may build masks from them).
@@ -83,7 +88,24 @@ def tile_backward(distance: BaseDistance, q_TD: torch.Tensor, r_TD: torch.Tensor
     return dq_TD, dr_TD
 
 
-def normalised_pair(distance: BaseDistance, embeddings: torch.Tensor, ref_emb: torch.Tensor):
+def normalised_pair(distance: BaseDistance, embeddings: torch.Tensor,
+                    ref_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(q_BD, r_RD) normalised once; the reference is the same tensor when the batch meets itself."""
     q_BD = distance.maybe_normalize(embeddings)
     return q_BD, (q_BD if ref_emb is embeddings else distance.maybe_normalize(ref_emb))
+
+
+def similarity_logits(distance: BaseDistance, mat_BR: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Larger-is-closer logits of a distance matrix (or tile): mat / t for similarities, -mat / t for distances."""
+    return (mat_BR if distance.is_inverted else -mat_BR) / temperature
+
+
+def similarity_tile_fn(distance: BaseDistance,
+                       temperature: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """logits_fn(q_TD, r_TD) = +-mat**power / temperature of already normalised rows (+ for similarities)."""
+    sign = 1.0 if distance.is_inverted else -1.0
+
+    def logits_fn(q_TD: torch.Tensor, r_TD: torch.Tensor) -> torch.Tensor:
+        return sign * distance_tile(distance, q_TD, r_TD) / temperature
+
+    return logits_fn

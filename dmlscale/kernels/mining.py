@@ -17,10 +17,11 @@ import torch
 
 from dmlscale.distances import BaseDistance
 from dmlscale.kernels.distance_tiles import distance_tile, paired_values, tile_label_masks
+from dmlscale.kernels.label_pairs import negative_counts, pair_chunks, positive_pairs
 from dmlscale.kernels.tiles import tiles
 
 
-def margin_keep(gap, margin: float, type_of_triplets: str):
+def margin_keep(gap: torch.Tensor, margin: float, type_of_triplets: str) -> torch.Tensor:
     """The test on gap = d_an - d_ap (s_ap - s_an for a similarity) of each type_of_triplets."""
     if type_of_triplets == "easy":
         return gap > margin
@@ -32,41 +33,15 @@ def margin_keep(gap, margin: float, type_of_triplets: str):
     return keep
 
 
-def positive_pairs(labels_B: torch.Tensor, ref_labels_R: torch.Tensor, query_ref_index_B: torch.Tensor):
-    """(a_P, p_P): every same-label (query, reference) pair except the self pairs, in row-major order,
-    built from a sort of the reference labels (memory O(B + R + P))."""
-    order_R = torch.sort(ref_labels_R, stable=True).indices
-    sorted_R = ref_labels_R[order_R]
-    start_B = torch.searchsorted(sorted_R, labels_B)
-    count_B = torch.searchsorted(sorted_R, labels_B, right=True) - start_B
-    a_P = torch.repeat_interleave(torch.arange(len(labels_B), device=labels_B.device), count_B)
-    first_P = torch.repeat_interleave(torch.cumsum(count_B, 0) - count_B, count_B)
-    p_P = order_R[start_B[a_P] + torch.arange(len(a_P), device=a_P.device) - first_P]
-    keep_P = p_P != query_ref_index_B[a_P]
-    return a_P[keep_P], p_P[keep_P]
-
-
-def negative_counts(labels_B: torch.Tensor, ref_labels_R: torch.Tensor) -> torch.Tensor:
-    """Number of different-label reference rows of each query row (B)."""
-    sorted_R = torch.sort(ref_labels_R).values
-    same_B = torch.searchsorted(sorted_R, labels_B, right=True) - torch.searchsorted(sorted_R, labels_B)
-    return len(ref_labels_R) - same_B
-
-
-def pair_chunks(a_P: torch.Tensor, chunk: int):
-    """(s0, s1, a0, a1): consecutive runs of at most `chunk` pairs and the anchor rows a0:a1 they span."""
-    for s0 in range(0, len(a_P), chunk):
-        s1 = min(s0 + chunk, len(a_P))
-        yield s0, s1, int(a_P[s0]), int(a_P[s1 - 1]) + 1
-
-
 def _in_range(mat_TT, allowed):
     return ~((mat_TT > allowed[1]) | (mat_TT < allowed[0]))
 
 
 @torch.no_grad()
-def streamed_hardest(distance: BaseDistance, q_BD, r_RD, labels_B, ref_labels_R, query_ref_index_B, tile: int,
-                     allowed_pos_range=None, allowed_neg_range=None):
+def streamed_hardest(distance: BaseDistance, q_BD: torch.Tensor, r_RD: torch.Tensor, labels_B: torch.Tensor,
+                     ref_labels_R: torch.Tensor, query_ref_index_B: torch.Tensor, tile: int,
+                     allowed_pos_range: tuple[float, float] | None = None,
+                     allowed_neg_range: tuple[float, float] | None = None) -> tuple[torch.Tensor, ...]:
     """Batch-hard triplets: (a, p, n, d_ap, d_an) for every anchor with an admissible positive and negative."""
     num_rows = q_BD.shape[0]
     pos_value_B = torch.zeros(num_rows, dtype=q_BD.dtype, device=q_BD.device)
@@ -100,8 +75,10 @@ def streamed_hardest(distance: BaseDistance, q_BD, r_RD, labels_B, ref_labels_R,
 
 
 @torch.no_grad()
-def streamed_margin_triplets(distance: BaseDistance, q_BD, r_RD, labels_B, ref_labels_R, query_ref_index_B,
-                             margin: float, type_of_triplets: str, tile: int):
+def streamed_margin_triplets(distance: BaseDistance, q_BD: torch.Tensor, r_RD: torch.Tensor, labels_B: torch.Tensor,
+                             ref_labels_R: torch.Tensor, query_ref_index_B: torch.Tensor, margin: float,
+                             type_of_triplets: str,
+                             tile: int) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, float]]:
     """TripletMarginMiner's triplets (a, p, n), ordered by a, then p, then n, and the mean d_ap,
     d_an and gap over every valid triplet (the miner's statistics)."""
     a_P, p_P = positive_pairs(labels_B, ref_labels_R, query_ref_index_B)

@@ -1,17 +1,20 @@
 """Metric losses (pure math: no torch.distributed here). Drop-in compatible with pytorch-metric-learning."""
 
 from dmlscale.losses.base import BaseMetricLossFunction
-from dmlscale.losses.batch_hard import BatchHardTripletLoss
-from dmlscale.losses.bin_deviance import BinomialDevianceLoss
-from dmlscale.losses.catalogue_triplet import BatchAllTripletLoss, SoftMarginTripletLoss
-from dmlscale.losses.clip import ClipLoss
-from dmlscale.losses.distance_weighted_margin import DistanceWeightedMarginLoss
-from dmlscale.losses.gaussian_sampling import GaussianWeightedNegativeLoss
-from dmlscale.losses.hard_pair import HardPairLoss
-from dmlscale.losses.infonce import NTXentLoss, SupConLoss
-from dmlscale.losses.multisim import CircleLoss, MultiSimilarityLoss
-from dmlscale.losses.pair import ContrastiveLoss, GenericPairLoss
-from dmlscale.losses.proxy import CenterLoss, NCALoss
+from dmlscale.losses.batch_all_triplet_loss import BatchAllTripletLoss
+from dmlscale.losses.batch_hard_triplet_loss import BatchHardTripletLoss
+from dmlscale.losses.binomial_deviance_loss import BinomialDevianceLoss
+from dmlscale.losses.center_loss import CenterLoss
+from dmlscale.losses.circle_loss import CircleLoss
+from dmlscale.losses.clip_loss import ClipLoss
+from dmlscale.losses.contrastive_loss import ContrastiveLoss
+from dmlscale.losses.distance_weighted_margin_loss import DistanceWeightedMarginLoss
+from dmlscale.losses.gaussian_weighted_negative_loss import GaussianWeightedNegativeLoss
+from dmlscale.losses.generic_pair_loss import GenericPairLoss
+from dmlscale.losses.hard_pair_loss import HardPairLoss
+from dmlscale.losses.multi_similarity_loss import MultiSimilarityLoss
+from dmlscale.losses.nca_loss import NCALoss
+from dmlscale.losses.ntxent_loss import NTXentLoss
 from dmlscale.losses.reducers import (
     AvgNonZeroReducer,
     BaseReducer,
@@ -21,8 +24,10 @@ from dmlscale.losses.reducers import (
     SumReducer,
     ThresholdReducer,
 )
-from dmlscale.losses.siglip import SigLipLoss
-from dmlscale.losses.triplet import TripletMarginLoss
+from dmlscale.losses.siglip_loss import SigLipLoss
+from dmlscale.losses.soft_margin_triplet_loss import SoftMarginTripletLoss
+from dmlscale.losses.supcon_loss import SupConLoss
+from dmlscale.losses.triplet_margin_loss import TripletMarginLoss
 
 __all__ = [
     "AvgNonZeroReducer",

@@ -63,7 +63,7 @@ class BaseMetricLossFunction(ModuleWithDistance):
         ref_labels: torch.Tensor | None = None,
         *,
         query_ref_index: torch.Tensor | None = None,
-    ):
+    ) -> torch.Tensor | dict:
         loss_dict = self.loss_dict(embeddings, labels, indices_tuple, ref_emb, ref_labels,
                                    query_ref_index=query_ref_index)
         return self.reducer(loss_dict, embeddings, labels)
@@ -87,15 +87,16 @@ class BaseMetricLossFunction(ModuleWithDistance):
         check_indices_tuple(indices_tuple, len(embeddings), len(ref_emb))
         return self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index)
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
+    def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor | None, indices_tuple: tuple | None,
+                     ref_emb: torch.Tensor, ref_labels: torch.Tensor | None, query_ref_index: torch.Tensor) -> dict:
         raise NotImplementedError
 
     # -- helpers for subclasses ------------------------------------------------------------------
     def zero_losses(self) -> dict:
         return {name: {"losses": 0, "indices": None, "reduction_type": "already_reduced"} for name in self.sub_loss_names()}
 
-    def require_labels(self, labels, indices_tuple=None, *, allow_indices: bool = True) -> None:
+    def require_labels(self, labels: torch.Tensor | None, indices_tuple: tuple | None = None, *,
+                       allow_indices: bool = True) -> None:
         if labels is None and (indices_tuple is None or not allow_indices):
             needed = "labels or indices_tuple" if allow_indices else "labels"
             raise ValueError(f"{type(self).__name__} needs {needed}; got labels=None")
-

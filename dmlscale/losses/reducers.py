@@ -7,6 +7,8 @@ reducer sees one entry; `MultipleReducers` sums the reductions of several sub-lo
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from dmlscale.records import ModuleWithRecords
@@ -26,7 +28,7 @@ class BaseReducer(ModuleWithRecords):
         super().__init__(collect_stats=collect_stats)
         self.add_to_recordable_attributes(name="losses_size", is_stat=True)
 
-    def forward(self, loss_dict: dict, embeddings: torch.Tensor, labels: torch.Tensor | None):
+    def forward(self, loss_dict: dict, embeddings: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         self.reset_stats()
         if len(loss_dict) != 1:
             raise ValueError(
@@ -36,7 +38,7 @@ class BaseReducer(ModuleWithRecords):
         (loss_info,) = loss_dict.values()
         return self.reduce_the_loss(loss_info, embeddings, labels)
 
-    def reduce_the_loss(self, loss_info: dict, embeddings: torch.Tensor, labels) -> torch.Tensor:
+    def reduce_the_loss(self, loss_info: dict, embeddings: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         losses, indices, reduction_type = loss_info["losses"], loss_info["indices"], loss_info["reduction_type"]
         if reduction_type not in REDUCTION_TYPES:
             raise ValueError(f"unknown reduction_type {reduction_type!r}; allowed: {REDUCTION_TYPES}")
@@ -49,30 +51,36 @@ class BaseReducer(ModuleWithRecords):
             return losses
         return getattr(self, f"{reduction_type}_reduction")(losses, indices, embeddings, labels)
 
-    def element_reduction(self, losses, indices, embeddings, labels) -> torch.Tensor:
+    def element_reduction(self, losses: torch.Tensor, indices: Any, embeddings: torch.Tensor,
+                          labels: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
-    def pos_pair_reduction(self, losses, indices, embeddings, labels) -> torch.Tensor:
+    def pos_pair_reduction(self, losses: torch.Tensor, indices: Any, embeddings: torch.Tensor,
+                           labels: torch.Tensor | None) -> torch.Tensor:
         return self.element_reduction(losses, indices, embeddings, labels)
 
-    def neg_pair_reduction(self, losses, indices, embeddings, labels) -> torch.Tensor:
+    def neg_pair_reduction(self, losses: torch.Tensor, indices: Any, embeddings: torch.Tensor,
+                           labels: torch.Tensor | None) -> torch.Tensor:
         return self.element_reduction(losses, indices, embeddings, labels)
 
-    def triplet_reduction(self, losses, indices, embeddings, labels) -> torch.Tensor:
+    def triplet_reduction(self, losses: torch.Tensor, indices: Any, embeddings: torch.Tensor,
+                          labels: torch.Tensor | None) -> torch.Tensor:
         return self.element_reduction(losses, indices, embeddings, labels)
 
 
 class MeanReducer(BaseReducer):
     """Mean over all elements (NaN-free: an empty set reduces to a connected zero)."""
 
-    def element_reduction(self, losses, indices, embeddings, labels) -> torch.Tensor:
+    def element_reduction(self, losses: torch.Tensor, indices: Any, embeddings: torch.Tensor,
+                          labels: torch.Tensor | None) -> torch.Tensor:
         return torch.mean(losses)
 
 
 class SumReducer(BaseReducer):
     """Sum over all elements."""
 
-    def element_reduction(self, losses, indices, embeddings, labels) -> torch.Tensor:
+    def element_reduction(self, losses: torch.Tensor, indices: Any, embeddings: torch.Tensor,
+                          labels: torch.Tensor | None) -> torch.Tensor:
         return torch.sum(losses)
 
 
@@ -97,7 +105,8 @@ class ThresholdReducer(BaseReducer):
             keep &= losses < self.high
         return keep
 
-    def element_reduction(self, losses, indices, embeddings, labels) -> torch.Tensor:
+    def element_reduction(self, losses: torch.Tensor, indices: Any, embeddings: torch.Tensor,
+                          labels: torch.Tensor | None) -> torch.Tensor:
         keep = self.keep_mask(losses)
         kept = losses[keep]
         if self.collect_stats:
@@ -119,7 +128,7 @@ class AvgNonZeroReducer(ThresholdReducer):
 class DoNothingReducer(BaseReducer):
     """Return the loss dictionary unchanged (per-element losses, for custom weighting)."""
 
-    def forward(self, loss_dict: dict, embeddings: torch.Tensor, labels: torch.Tensor | None):
+    def forward(self, loss_dict: dict, embeddings: torch.Tensor, labels: torch.Tensor | None) -> dict:
         return loss_dict
 
 
@@ -132,7 +141,7 @@ class MultipleReducers(BaseReducer):
         self.reducers = torch.nn.ModuleDict(reducers)
         self.default_reducer = MeanReducer() if default_reducer is None else default_reducer
 
-    def forward(self, loss_dict: dict, embeddings: torch.Tensor, labels: torch.Tensor | None):
+    def forward(self, loss_dict: dict, embeddings: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         self.reset_stats()
         sub_losses = [
             (self.reducers[name] if name in self.reducers else self.default_reducer)({name: info}, embeddings, labels)

@@ -13,6 +13,8 @@ threshold reducer) build a transient mask of `count` booleans.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from dmlscale.losses.reducers import (
@@ -33,7 +35,7 @@ def supports_totals(reducer: BaseReducer) -> bool:
     return isinstance(reducer, (SumReducer, ThresholdReducer)) or type(reducer) is MeanReducer
 
 
-def term_filter(reducer: BaseReducer):
+def term_filter(reducer: BaseReducer) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The per-term keep rule the streamed kernel must apply: the threshold's mask, else none."""
     return reducer.keep_mask if isinstance(reducer, ThresholdReducer) else None
 
@@ -56,7 +58,8 @@ def sub_reducer(reducer: BaseReducer, name: str) -> BaseReducer:
     return reducer
 
 
-def reduce_with_totals(reducer: BaseReducer, loss_dict: dict, embeddings: torch.Tensor, labels):
+def reduce_with_totals(reducer: BaseReducer, loss_dict: dict, embeddings: torch.Tensor,
+                       labels: torch.Tensor | None) -> torch.Tensor | dict:
     """`reducer(loss_dict, ...)`, but streamed entries reduce from their (sum, count) directly."""
     if isinstance(reducer, DoNothingReducer) or not any(TOTAL_KEY in info for info in loss_dict.values()):
         return reducer(loss_dict, embeddings, labels)
@@ -74,8 +77,9 @@ class ReducesStreamedTotals:
     """Mixin for a metric loss whose loss dict may hold streamed entries: `forward` reduces them from
     (sum, count) (`reduce_with_totals`) instead of through their repeated-mean view."""
 
-    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None, *,
-                query_ref_index=None):
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None, indices_tuple: tuple | None = None,
+                ref_emb: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None, *,
+                query_ref_index: torch.Tensor | None = None) -> torch.Tensor | dict:
         loss_dict = self.loss_dict(embeddings, labels, indices_tuple, ref_emb, ref_labels,
                                    query_ref_index=query_ref_index)
         return reduce_with_totals(self.reducer, loss_dict, embeddings, labels)

@@ -9,6 +9,8 @@ without ref_emb, all -1 with it); self pairs are never positives.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from dmlscale.distances import ModuleWithDistance
@@ -24,7 +26,7 @@ class BaseMiner(ModuleWithDistance):
     are plain lengths, free to compute); other statistics need `collect_stats=True`.
     """
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.add_to_recordable_attributes(list_of_names=_COUNT_STATS, is_stat=True)
 
@@ -42,10 +44,11 @@ class BaseMiner(ModuleWithDistance):
         self.record_counts(mined)
         return mined
 
-    def mine(self, embeddings, labels, ref_emb, ref_labels, query_ref_index) -> tuple[torch.Tensor, ...]:
+    def mine(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor,
+             query_ref_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
-    def record_counts(self, mined) -> None:
+    def record_counts(self, mined: tuple[torch.Tensor, ...]) -> None:
         """Check the tuple's arity and lengths, and store the counts."""
         if not isinstance(mined, tuple) or len(mined) not in (3, 4):
             raise ValueError(
@@ -63,5 +66,5 @@ class BaseMiner(ModuleWithDistance):
             self.num_pos_pairs, self.num_neg_pairs = lengths[0], lengths[2]
 
 
-def empty_indices(device, count: int) -> tuple[torch.Tensor, ...]:
+def empty_indices(device: torch.device | str, count: int) -> tuple[torch.Tensor, ...]:
     return tuple(torch.empty(0, dtype=torch.long, device=device) for _ in range(count))

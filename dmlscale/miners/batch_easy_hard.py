@@ -12,6 +12,8 @@ Strategies (for a distance; mirrored for a similarity):
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from dmlscale.indices import matches_and_diffs
@@ -37,7 +39,7 @@ class BatchEasyHardMiner(BaseMiner):
 
     def __init__(self, pos_strategy: str = EASY, neg_strategy: str = SEMIHARD,
                  allowed_pos_range: tuple[float, float] | None = None,
-                 allowed_neg_range: tuple[float, float] | None = None, **kwargs) -> None:
+                 allowed_neg_range: tuple[float, float] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         for name, value in (("pos_strategy", pos_strategy), ("neg_strategy", neg_strategy)):
             if value not in STRATEGIES:
@@ -57,7 +59,8 @@ class BatchEasyHardMiner(BaseMiner):
         self.allowed_neg_range = allowed_neg_range
         self.add_to_recordable_attributes(list_of_names=_EXTREME_STATS, is_stat=True)
 
-    def mine(self, embeddings, labels, ref_emb, ref_labels, query_ref_index):
+    def mine(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor,
+             query_ref_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         mat_BR = self.distance(embeddings, ref_emb)
         same_BR, diff_BR = matches_and_diffs(labels, ref_labels, query_ref_index)
         pos, neg = self.pos_strategy, self.neg_strategy
@@ -79,7 +82,9 @@ class BatchEasyHardMiner(BaseMiner):
         return a1, p, a2, n
 
     @staticmethod
-    def pairs_of(pick, candidates_BR, mat_BR, keep_B=None):
+    def pairs_of(pick: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, candidates_BR: torch.Tensor,
+                 mat_BR: torch.Tensor,
+                 keep_B: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(anchor, other, value) of one side: every candidate pair ("all"), or the kept per-row picks."""
         if pick is None:
             a, other = torch.where(candidates_BR)
@@ -89,7 +94,9 @@ class BatchEasyHardMiner(BaseMiner):
         anchors_B = torch.arange(mat_BR.shape[0], device=mat_BR.device)
         return anchors_B[keep_B], index_B[keep_B], value_B[keep_B]
 
-    def pick(self, mat_BR, candidates_BR, *, farthest: bool, allowed=None, bound_B=None):
+    def pick(self, mat_BR: torch.Tensor, candidates_BR: torch.Tensor, *, farthest: bool,
+             allowed: tuple[float, float] | None = None,
+             bound_B: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per row, the farthest (or closest) admissible candidate: (value_B, index_B, has_one_B).
 
         `bound_B` (semihard) keeps only candidates strictly closer than it when picking the farthest,
@@ -107,7 +114,7 @@ class BatchEasyHardMiner(BaseMiner):
         value_B, index_B = masked_BR.max(dim=1) if take_max else masked_BR.min(dim=1)
         return value_B, index_B, ok_BR.any(dim=1)
 
-    def record_extremes(self, pos_dist, neg_dist) -> None:
+    def record_extremes(self, pos_dist: torch.Tensor, neg_dist: torch.Tensor) -> None:
         if not self.collect_stats:
             return
         # "closest" is min for a distance, max for a similarity

@@ -11,6 +11,8 @@ and w_ij = 0 for same-label pairs and for d_ij >= nonzero_loss_cutoff (they woul
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from dmlscale.distances import LpDistance
@@ -26,7 +28,7 @@ class DistanceWeightedMiner(BaseMiner):
     Requires LpDistance(p=2, power=1, normalize_embeddings=True).
     """
 
-    def __init__(self, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4, **kwargs) -> None:
+    def __init__(self, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.require_distance(LpDistance, p=2, power=1, normalize_embeddings=True)
         check_real(type(self).__name__, "cutoff", cutoff, finite=False)
@@ -39,11 +41,13 @@ class DistanceWeightedMiner(BaseMiner):
         self.cutoff = float(cutoff)
         self.nonzero_loss_cutoff = float(nonzero_loss_cutoff)
 
-    def mine(self, embeddings, labels, ref_emb, ref_labels, query_ref_index):
+    def mine(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor,
+             query_ref_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         weights_BR = self.negative_weights(embeddings, labels, ref_emb, ref_labels)
         return random_triplets(labels, ref_labels, weights_BR=weights_BR, query_ref_index=query_ref_index)
 
-    def negative_weights(self, embeddings, labels, ref_emb, ref_labels) -> torch.Tensor:
+    def negative_weights(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor,
+                         ref_labels: torch.Tensor) -> torch.Tensor:
         """Row-normalised sampling weights w_BR (rows without an admissible negative are NaN: never sampled)."""
         dim = float(embeddings.shape[1])
         dist_BR = self.distance(embeddings, ref_emb).clamp(min=self.cutoff)

@@ -9,6 +9,8 @@ For a similarity s: keep positive (i, j) if s_ij - epsilon < max_k s_ik over neg
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from dmlscale.distances import BaseDistance, CosineSimilarity
@@ -20,7 +22,7 @@ from dmlscale.param_checks import check_real
 class MultiSimilarityMiner(BaseMiner):
     """Pairs (a1, p, a2, n); within each anchor, positives and negatives come in ascending order of value."""
 
-    def __init__(self, epsilon: float = 0.1, **kwargs) -> None:
+    def __init__(self, epsilon: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_real(type(self).__name__, "epsilon", epsilon, finite=False)
         self.epsilon = epsilon
@@ -28,7 +30,8 @@ class MultiSimilarityMiner(BaseMiner):
     def get_default_distance(self) -> BaseDistance:
         return CosineSimilarity()
 
-    def mine(self, embeddings, labels, ref_emb, ref_labels, query_ref_index):
+    def mine(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor,
+             query_ref_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         mat_BR = self.distance(embeddings, ref_emb)
         same_BR, diff_BR = matches_and_diffs(labels, ref_labels, query_ref_index)
         if not same_BR.any() or not diff_BR.any():

@@ -8,6 +8,10 @@ For a similarity: keep positives with s < pos_margin and negatives with s > neg_
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+
 from dmlscale.indices import all_pairs
 from dmlscale.miners.base import BaseMiner
 from dmlscale.param_checks import check_real
@@ -16,7 +20,7 @@ from dmlscale.param_checks import check_real
 class PairMarginMiner(BaseMiner):
     """Pairs (a1, p, a2, n) that violate their margin, in row-major order."""
 
-    def __init__(self, pos_margin: float = 0.2, neg_margin: float = 0.8, **kwargs) -> None:
+    def __init__(self, pos_margin: float = 0.2, neg_margin: float = 0.8, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_real(type(self).__name__, "pos_margin", pos_margin, finite=False)
         check_real(type(self).__name__, "neg_margin", neg_margin, finite=False)
@@ -24,7 +28,8 @@ class PairMarginMiner(BaseMiner):
         self.neg_margin = neg_margin
         self.add_to_recordable_attributes(list_of_names=["pos_pair_dist", "neg_pair_dist"], is_stat=True)
 
-    def mine(self, embeddings, labels, ref_emb, ref_labels, query_ref_index):
+    def mine(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor,
+             query_ref_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         mat_BR = self.distance(embeddings, ref_emb)
         a1_P, p_P, a2_N, n_N = all_pairs(labels, ref_labels, query_ref_index)
         pos_P = mat_BR[a1_P, p_P]

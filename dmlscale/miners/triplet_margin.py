@@ -11,12 +11,16 @@ with `tiled` (automatic at max(B, R) >= tiled_threshold) they are found tile by 
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+
 from dmlscale.indices import all_triplets
 from dmlscale.kernels.distance_tiles import normalised_pair
 from dmlscale.kernels.mining import margin_keep, streamed_margin_triplets
+from dmlscale.kernels.tiles import DEFAULT_TILE, TilingSwitch
 from dmlscale.miners.base import BaseMiner
 from dmlscale.param_checks import check_real
-from dmlscale.tiling import DEFAULT_TILE, TilingSwitch
 
 TRIPLET_TYPES = ("all", "hard", "semihard", "easy")
 
@@ -25,7 +29,7 @@ class TripletMarginMiner(TilingSwitch, BaseMiner):
     """Triplets (a, p, n) that violate (or, for "easy", satisfy) the margin; PML order (a, then p, then n)."""
 
     def __init__(self, margin: float = 0.2, type_of_triplets: str = "all", *, tiled: bool | None = None,
-                 tile_size: int = DEFAULT_TILE, tiled_threshold: int = 4096, **kwargs) -> None:
+                 tile_size: int = DEFAULT_TILE, tiled_threshold: int = 4096, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.set_tiling(tiled, tile_size, tiled_threshold)
         check_real(type(self).__name__, "margin", margin, finite=False)
@@ -37,7 +41,8 @@ class TripletMarginMiner(TilingSwitch, BaseMiner):
             list_of_names=["avg_triplet_margin", "pos_pair_dist", "neg_pair_dist"], is_stat=True
         )
 
-    def mine(self, embeddings, labels, ref_emb, ref_labels, query_ref_index):
+    def mine(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor,
+             query_ref_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.uses_tiles(max(len(embeddings), len(ref_emb))):
             q_BD, r_RD = normalised_pair(self.distance, embeddings, ref_emb)
             triplets, stats = streamed_margin_triplets(self.distance, q_BD, r_RD, labels, ref_labels,

@@ -11,7 +11,7 @@ from dmlscale import losses
 from dmlscale.distances import LpDistance
 from dmlscale.distributed import DistributedClipLoss, DistributedLoss, DistributedSigLipLoss
 from tests.distributed.launch import results, run_world
-from tests.losses.test_infonce_parity import LargestTensor
+from tests.losses.test_ntxent_supcon_parity import LargestTensor
 from tests.parity import assert_close
 
 DIM, NUM_CLASSES, TILE = 5, 3, 3

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from dmlscale.losses.clip import ClipLoss
-from dmlscale.losses.siglip import SigLipLoss
+from dmlscale.losses.clip_loss import ClipLoss
+from dmlscale.losses.siglip_loss import SigLipLoss
 from tests.parity import assert_close
 
 open_clip_loss = pytest.importorskip("open_clip.loss")

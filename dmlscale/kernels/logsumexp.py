@@ -1,4 +1,5 @@
-"""Masked log-sum-exp, the reduction shared by MultiSimilarity, Circle, SupCon and the tiled kernels.
+"""Masked log-sum-exp, the reduction shared by MultiSimilarity, Circle, SupCon and the tiled kernels,
+and the exact log(1 + e^x) it and the smooth-margin losses use.
 
 Legend: x_BR values, keep_BR boolean mask of the entries that count, lse_B one result per row.
 
@@ -12,6 +13,11 @@ online (streamed) log-sum-exp: lse(a U b) = logaddexp(lse(a), lse(b)).
 from __future__ import annotations
 
 import torch
+
+
+def log_one_plus_exp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + e^x) for every x: softplus without F.softplus's linear cut-off above x = 20."""
+    return torch.logaddexp(x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def masked_logsumexp(
@@ -32,7 +38,7 @@ def masked_logsumexp(
         x_BR = x_BR.masked_fill(~keep_BR, torch.finfo(x_BR.dtype).min)
     lse_B = torch.logsumexp(x_BR, dim=dim, keepdim=keepdim)
     if add_one:
-        lse_B = torch.logaddexp(lse_B, torch.zeros((), dtype=lse_B.dtype, device=lse_B.device))
+        lse_B = log_one_plus_exp(lse_B)
     if keep_BR is not None:
         lse_B = lse_B.masked_fill(~keep_BR.any(dim=dim, keepdim=keepdim), 0)
     return lse_B

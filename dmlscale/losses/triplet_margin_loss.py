@@ -13,16 +13,18 @@ Same value and gradient as the materialised path.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
 from dmlscale.indices import convert_to_triplets
-from dmlscale.losses.base import BaseMetricLossFunction
+from dmlscale.kernels.batch_all_triplets import streamed_batch_all
 from dmlscale.kernels.distance_tiles import normalised_pair, paired_values
-from dmlscale.losses.reducers import AvgNonZeroReducer
+from dmlscale.kernels.tiles import DEFAULT_TILE, TilingSwitch
+from dmlscale.losses.base import BaseMetricLossFunction
+from dmlscale.losses.reducers import AvgNonZeroReducer, BaseReducer
 from dmlscale.losses.streamed_totals import ReducesStreamedTotals, supports_totals, term_filter, totals_entry
-from dmlscale.losses.streamed_triplet import streamed_batch_all
-from dmlscale.tiling import DEFAULT_TILE, TilingSwitch
 from dmlscale.param_checks import check_positive_int
 
 
@@ -31,7 +33,7 @@ class TripletMarginLoss(TilingSwitch, ReducesStreamedTotals, BaseMetricLossFunct
 
     def __init__(self, margin: float = 0.05, swap: bool = False, smooth_loss: bool = False,
                  triplets_per_anchor: int | str = "all", *, tiled: bool | None = None,
-                 tile_size: int = DEFAULT_TILE, tiled_threshold: int = 4096, **kwargs) -> None:
+                 tile_size: int = DEFAULT_TILE, tiled_threshold: int = 4096, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.set_tiling(tiled, tile_size, tiled_threshold)
         check_positive_int(type(self).__name__, "triplets_per_anchor", triplets_per_anchor, alternatives=("all",))
@@ -40,7 +42,7 @@ class TripletMarginLoss(TilingSwitch, ReducesStreamedTotals, BaseMetricLossFunct
         self.smooth_loss = smooth_loss
         self.triplets_per_anchor = triplets_per_anchor
 
-    def get_default_reducer(self):
+    def get_default_reducer(self) -> BaseReducer:
         return AvgNonZeroReducer()
 
     def streams_all_triplets(self) -> bool:
@@ -55,7 +57,8 @@ class TripletMarginLoss(TilingSwitch, ReducesStreamedTotals, BaseMetricLossFunct
                              "pass tiled=None/False, an indices_tuple, or a Mean/Sum/Threshold reducer without swap")
         return problem is None
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
+    def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor | None, indices_tuple: tuple | None,
+                     ref_emb: torch.Tensor, ref_labels: torch.Tensor | None, query_ref_index: torch.Tensor) -> dict:
         self.require_labels(labels, indices_tuple)
         streamed = self.uses_tiles(max(len(embeddings), len(ref_emb)))
         if streamed and indices_tuple is None and self.triplets_per_anchor == "all" and self.streams_all_triplets():

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from dmlscale.losses.clip import ClipLoss
-from dmlscale.losses.tiled import clip_lse, clip_tile_grad, tiled_clip_loss
+from dmlscale.losses.clip_loss import ClipLoss
+from dmlscale.kernels.clip_siglip import clip_lse, clip_tile_grad, tiled_clip_loss
 from tests.parity import assert_close
 
 

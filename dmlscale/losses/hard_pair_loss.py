@@ -7,10 +7,12 @@ Legend: B queries, R references; mat_BR the distance matrix, pos_BR / neg_BR the
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from dmlscale.losses.logsumexp import masked_logsumexp
-from dmlscale.losses.pair import GenericPairLoss
+from dmlscale.kernels.logsumexp import masked_logsumexp
+from dmlscale.losses.generic_pair_loss import GenericPairLoss
 from dmlscale.param_checks import check_real
 
 
@@ -37,14 +39,14 @@ class HardPairLoss(GenericPairLoss):
 
     uses_masks = True
 
-    def __init__(self, pos_threshold: float = 0.8, neg_margin: float = 1.1, beta: float = 10.0, **kwargs) -> None:
+    def __init__(self, pos_threshold: float = 0.8, neg_margin: float = 1.1, beta: float = 10.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         name = type(self).__name__
         self.pos_threshold = check_real(name, "pos_threshold", pos_threshold)
         self.neg_margin = check_real(name, "neg_margin", neg_margin)
         self.beta = check_real(name, "beta", beta, minimum=0, strict=True)
 
-    def mask_loss(self, mat_BR, pos_BR, neg_BR) -> dict:
+    def mask_loss(self, mat_BR: torch.Tensor, pos_BR: torch.Tensor, neg_BR: torch.Tensor) -> dict:
         pos_excess_BR = self.distance.margin(mat_BR, self.pos_threshold)
         neg_excess_BR = self.distance.margin(self.neg_margin, mat_BR)
         pos_keep_BR = (pos_BR > 0) & (pos_excess_BR > 0)

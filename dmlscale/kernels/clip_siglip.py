@@ -1,4 +1,4 @@
-"""Streamed tile kernels: the global similarity matrix is walked tile by tile and never materialised.
+"""CLIP and SigLIP tile kernels: the global similarity matrix is walked tile by tile and never materialised.
 
 Legend: N pairs, D feature size, T tile size, raw_TT = img_T . txt_T^T for one tile,
 logits = scale * raw + bias, *_N one value per row (image) or column (text).
@@ -18,24 +18,23 @@ import math
 
 import torch
 
-from dmlscale.kernels.tiles import tiles
+from dmlscale.kernels.tiles import DEFAULT_TILE, tiles
 from dmlscale.param_checks import check_positive_int
-from dmlscale.tiling import DEFAULT_TILE, TilingSwitch
 
 
-
-def scalar_value(value) -> float:
+def scalar_value(value: float | torch.Tensor) -> float:
     """A Python float from a number or a one-element tensor (scale and bias enter the GEMM as scalars)."""
     return float(value.detach().reshape(()).item()) if torch.is_tensor(value) else float(value)
 
 
-def tile_logits(img_TD, txt_TD, scale: float, bias: float) -> torch.Tensor:
+def tile_logits(img_TD: torch.Tensor, txt_TD: torch.Tensor, scale: float, bias: float) -> torch.Tensor:
     """logits_TT = scale * img txt^T + bias in one fused matrix product."""
     out_TT = torch.empty(img_TD.shape[0], txt_TD.shape[0], dtype=img_TD.dtype, device=img_TD.device)
     return torch.addmm(out_TT.fill_(bias), img_TD, txt_TD.t(), alpha=scale, out=out_TT)
 
 
-def clip_lse(img_nD, txt_ND, scale: float, bias: float, tile: int):
+def clip_lse(img_nD: torch.Tensor, txt_ND: torch.Tensor, scale: float, bias: float,
+             tile: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Row (n) and column (N) log-sum-exp of logits = scale * img txt^T + bias, merged online over
     T x T tiles. With img the local rows of a larger batch, the column values are partial: combine
     them across ranks with a log-sum-exp all-reduce.
@@ -64,7 +63,8 @@ def clip_lse(img_nD, txt_ND, scale: float, bias: float, tile: int):
     return row_lse_n, col_lse_N
 
 
-def clip_tile_grad(logits_TT, row_lse_T, col_lse_T, buffer_TT):
+def clip_tile_grad(logits_TT: torch.Tensor, row_lse_T: torch.Tensor, col_lse_T: torch.Tensor,
+                   buffer_TT: torch.Tensor) -> torch.Tensor:
     """G = softmax over the row + softmax over the column of one tile (consumes logits_TT).
 
     With top = max row lse, G = P_row + (P_row u_i) v_j, u = exp(row_lse - top) <= 1,
@@ -80,7 +80,9 @@ def clip_tile_grad(logits_TT, row_lse_T, col_lse_T, buffer_TT):
     return grad_TT.add_(logits_TT.sub_(col_lse_T[None, :]).exp_())
 
 
-def accumulate_tile_grads(grad_TT, img_TD, txt_TD, dimg_TD, dtxt_TD, alpha: float, with_bias: bool = True):
+def accumulate_tile_grads(grad_TT: torch.Tensor, img_TD: torch.Tensor, txt_TD: torch.Tensor, dimg_TD: torch.Tensor,
+                          dtxt_TD: torch.Tensor, alpha: float,
+                          with_bias: bool = True) -> tuple[torch.Tensor | float, torch.Tensor]:
     """Given dL/dlogits of one tile (up to the factor alpha / scale), add alpha * G txt to dimg and
     alpha * G^T img to dtxt in place; return (sum G or 0 without a bias, sum_ij G_ij img_i . txt_j) for
     the bias and scale."""
@@ -101,7 +103,9 @@ class TiledClipFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, img_nD, txt_ND, scale, bias, row_lse_n, col_lse_N, col_offset, tile):
+    def forward(ctx, img_nD: torch.Tensor, txt_ND: torch.Tensor, scale: float | torch.Tensor,
+                bias: float | torch.Tensor | None, row_lse_n: torch.Tensor, col_lse_N: torch.Tensor, col_offset: int,
+                tile: int) -> torch.Tensor:
         scale_value, bias_value = scalar_value(scale), (0.0 if bias is None else scalar_value(bias))
         num_rows = img_nD.shape[0]
         pos_raw_n = (img_nD * txt_ND[col_offset:col_offset + num_rows]).sum(dim=1)
@@ -114,7 +118,7 @@ class TiledClipFunction(torch.autograd.Function):
         return local_sum
 
     @staticmethod
-    def backward(ctx, grad_sum):
+    def backward(ctx, grad_sum: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         img_nD, txt_ND, row_lse_n, col_lse_N, pos_raw_n = ctx.saved_tensors
         num_rows, scale, offset = img_nD.shape[0], ctx.scale_value, ctx.col_offset
         weight = float(grad_sum)
@@ -143,17 +147,19 @@ class TiledClipFunction(torch.autograd.Function):
         return dimg_nD, dtxt_ND, grad_scale, grad_bias, None, None, None, None
 
 
-def check_tile(tile) -> None:
+def check_tile(tile: int) -> None:
     check_positive_int("tiled kernel", "tile", tile)
 
 
-def tiled_clip_sum(img_nD, txt_ND, logit_scale, logit_bias, row_lse_n, col_lse_N, col_offset: int, tile: int):
+def tiled_clip_sum(img_nD: torch.Tensor, txt_ND: torch.Tensor, logit_scale: float | torch.Tensor,
+                   logit_bias: float | torch.Tensor | None, row_lse_n: torch.Tensor, col_lse_N: torch.Tensor,
+                   col_offset: int, tile: int) -> torch.Tensor:
     """Sum of the local pairs' CLIP terms (see TiledClipFunction); the statistics come from clip_lse."""
     return TiledClipFunction.apply(img_nD, txt_ND, logit_scale, logit_bias, row_lse_n, col_lse_N, col_offset, tile)
 
 
-def tiled_clip_loss(img_ND: torch.Tensor, txt_ND: torch.Tensor, logit_scale, logit_bias=None,
-                    tile: int = DEFAULT_TILE) -> torch.Tensor:
+def tiled_clip_loss(img_ND: torch.Tensor, txt_ND: torch.Tensor, logit_scale: float | torch.Tensor,
+                    logit_bias: float | torch.Tensor | None = None, tile: int = DEFAULT_TILE) -> torch.Tensor:
     """CLIP loss (open_clip's value and gradients) without the N x N matrix."""
     check_tile(tile)
     bias_value = 0.0 if logit_bias is None else scalar_value(logit_bias)
@@ -173,7 +179,8 @@ class TiledSigLipFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, img_nD, txt_ND, scale, bias, col_offset, tile):
+    def forward(ctx, img_nD: torch.Tensor, txt_ND: torch.Tensor, scale: float | torch.Tensor,
+                bias: float | torch.Tensor | None, col_offset: int, tile: int) -> torch.Tensor:
         scale_value, bias_value = scalar_value(scale), scalar_value(bias)
         total = torch.zeros((), dtype=torch.float64, device=img_nD.device)  # n N terms: accumulate in fp64
         for r0, r1, c0, c1 in tiles(img_nD.shape[0], txt_ND.shape[0], tile):
@@ -186,7 +193,7 @@ class TiledSigLipFunction(torch.autograd.Function):
         return total.to(img_nD.dtype)
 
     @staticmethod
-    def backward(ctx, grad_sum):
+    def backward(ctx, grad_sum: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         img_nD, txt_ND = ctx.saved_tensors
         scale, weight, offset = ctx.scale_value, float(grad_sum), ctx.col_offset
         dimg_nD, dtxt_ND = torch.zeros_like(img_nD), torch.zeros_like(txt_ND)
@@ -218,26 +225,14 @@ def _flip_positives(tile_TT: torch.Tensor, r0: int, c0: int) -> None:
         tile_TT[idx - r0, idx - c0] *= -1
 
 
-def tiled_siglip_loss(img_ND: torch.Tensor, txt_ND: torch.Tensor, logit_scale, logit_bias,
-                      tile: int = DEFAULT_TILE) -> torch.Tensor:
+def tiled_siglip_loss(img_ND: torch.Tensor, txt_ND: torch.Tensor, logit_scale: float | torch.Tensor,
+                      logit_bias: float | torch.Tensor, tile: int = DEFAULT_TILE) -> torch.Tensor:
     """SigLIP loss (open_clip's value and gradients) without the N x N matrix."""
     return tiled_siglip_sum(img_ND, txt_ND, logit_scale, logit_bias, 0, tile) / img_ND.shape[0]
 
 
-def tiled_siglip_sum(img_nD: torch.Tensor, txt_ND: torch.Tensor, logit_scale, logit_bias, col_offset: int,
-                     tile: int = DEFAULT_TILE) -> torch.Tensor:
+def tiled_siglip_sum(img_nD: torch.Tensor, txt_ND: torch.Tensor, logit_scale: float | torch.Tensor,
+                     logit_bias: float | torch.Tensor, col_offset: int, tile: int = DEFAULT_TILE) -> torch.Tensor:
     """Sum of the SigLIP terms of n local image rows against N texts, row i matching column col_offset + i."""
     check_tile(tile)
     return TiledSigLipFunction.apply(img_nD, txt_ND, logit_scale, logit_bias, col_offset, tile)
-
-
-class TiledPairLoss(TilingSwitch, torch.nn.Module):
-    """Base of the image-text losses: picks the streamed kernel above a batch-size threshold.
-
-    `tiled`: None picks it when the batch has at least `tiled_threshold` pairs; True/False force
-    either path. Both paths give the same value and gradients.
-    """
-
-    def __init__(self, *, tiled: bool | None = None, tile_size: int = DEFAULT_TILE, tiled_threshold: int = 4096) -> None:
-        super().__init__()
-        self.set_tiling(tiled, tile_size, tiled_threshold)

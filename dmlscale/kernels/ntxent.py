@@ -18,37 +18,10 @@ import torch
 from dmlscale.kernels.tiles import tiles
 
 
-def similarity_tile_fn(distance, temperature: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """logits_fn(q_TD, r_TD) = +-mat**power / temperature of already normalised rows (+ for similarities)."""
-    sign = 1.0 if distance.is_inverted else -1.0
-
-    def logits_fn(q_TD, r_TD):
-        mat_TT = distance.compute_mat(q_TD, r_TD)
-        return sign * (mat_TT if distance.power == 1 else mat_TT**distance.power) / temperature
-
-    return logits_fn
-
-
-def label_positive_pairs(labels_B, ref_labels_R, query_ref_index_B):
-    """(a_P, p_P): every same-label pair but the self pairs, in row-major order, without a B x R mask."""
-    order_R = torch.argsort(ref_labels_R, stable=True)
-    sorted_R = ref_labels_R[order_R].contiguous()
-    labels_B = labels_B.to(sorted_R.dtype)
-    start_B = torch.searchsorted(sorted_R, labels_B, side="left")
-    count_B = torch.searchsorted(sorted_R, labels_B, side="right") - start_B
-    rows_B = torch.arange(len(labels_B), device=labels_B.device)
-    a_P = torch.repeat_interleave(rows_B, count_B)
-    within_P = torch.arange(len(a_P), device=labels_B.device) - torch.repeat_interleave(
-        torch.cumsum(count_B, 0) - count_B, count_B)
-    p_P = order_R[start_B[a_P] + within_P]
-    keep_P = p_P != query_ref_index_B[a_P]
-    return a_P[keep_P], p_P[keep_P]
-
-
 class _TileBuckets:
     """Pairs (rows_P, cols_P) grouped by the tile (in `tiles` order) they fall in."""
 
-    def __init__(self, rows_P, cols_P, tile: int, num_cols: int, num_tiles: int) -> None:
+    def __init__(self, rows_P: torch.Tensor, cols_P: torch.Tensor, tile: int, num_cols: int, num_tiles: int) -> None:
         num_col_tiles = -(-num_cols // tile)
         tile_id_P = (rows_P // tile) * num_col_tiles + cols_P // tile
         self.order_P = torch.argsort(tile_id_P, stable=True)
@@ -84,7 +57,9 @@ class TiledNTXentFunction(torch.autograd.Function):
     ("pairs", a2_N, n_N)."""
 
     @staticmethod
-    def forward(ctx, query_BD, ref_RD, a_P, p_P, neg_spec, logits_fn, tile):
+    def forward(ctx, query_BD: torch.Tensor, ref_RD: torch.Tensor, a_P: torch.Tensor, p_P: torch.Tensor,
+                neg_spec: tuple, logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                tile: int) -> tuple[torch.Tensor, torch.Tensor]:
         num_rows, num_cols = query_BD.shape[0], ref_RD.shape[0]
         num_tiles = _num_tiles(num_rows, num_cols, tile)
         pos_buckets = _TileBuckets(a_P, p_P, tile, num_cols, num_tiles)
@@ -104,7 +79,7 @@ class TiledNTXentFunction(torch.autograd.Function):
         return pos_P, neg_lse_B
 
     @staticmethod
-    def backward(ctx, grad_pos_P, grad_lse_B):
+    def backward(ctx, grad_pos_P: torch.Tensor, grad_lse_B: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         query_BD, ref_RD, neg_lse_B = ctx.saved_tensors
         has_neg_B = torch.isfinite(neg_lse_B)
         row_weight_B = torch.where(has_neg_B, grad_lse_B, torch.zeros_like(grad_lse_B))

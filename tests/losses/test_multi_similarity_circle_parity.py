@@ -9,7 +9,7 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as pml_lmu
 
 import dmlscale.distances as ours_d
 import dmlscale.losses as ours
-from dmlscale.losses.logsumexp import masked_logsumexp
+from dmlscale.kernels.logsumexp import masked_logsumexp
 from tests.parity import (
     DISTANCE_IDS, DISTANCE_SETTINGS, INPUT_MODES, assert_close, compare_losses, make_batch, make_distances, run_mode,
 )

@@ -11,11 +11,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dmlscale.losses.clip import check_pair_features, check_scale, scaled_logits
-from dmlscale.losses.tiled import TiledPairLoss, tiled_siglip_loss
+from dmlscale.kernels.clip_siglip import tiled_siglip_loss
+from dmlscale.losses.tiled_pair_loss import TiledPairLoss, check_pair_features, check_scale, scaled_logits
 
 
-def siglip_row_loss_sum(image_nD, text_ND, positive_col_n, logit_scale, logit_bias) -> torch.Tensor:
+def siglip_row_loss_sum(image_nD: torch.Tensor, text_ND: torch.Tensor, positive_col_n: torch.Tensor,
+                        logit_scale: float | torch.Tensor, logit_bias: float | torch.Tensor) -> torch.Tensor:
     """Sum over the n x N pairs of -log sigmoid(y * logit); positive_col_n[i] is row i's matching column."""
     logits_nN = scaled_logits(image_nD, text_ND, logit_scale, logit_bias)
     cols_N = torch.arange(text_ND.shape[0], device=text_ND.device)
@@ -27,8 +28,8 @@ class SigLipLoss(TiledPairLoss):
     """Pairwise sigmoid loss with a learnt scale and bias (row i of each input is a pair); streamed
     tile by tile at `tiled_threshold` pairs and above (see TiledPairLoss)."""
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale, logit_bias,
-                output_dict: bool = False):
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: float | torch.Tensor,
+                logit_bias: float | torch.Tensor, output_dict: bool = False) -> torch.Tensor | dict:
         check_pair_features(image_features, text_features)
         check_scale("logit_scale", logit_scale)
         check_scale("logit_bias", logit_bias)

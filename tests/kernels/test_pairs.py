@@ -9,7 +9,7 @@ import torch
 
 from dmlscale import losses, reducers
 from dmlscale.losses.streamed_totals import TOTAL_KEY
-from tests.losses.test_streamed_mining import MODES, TILE, batch, call_inputs
+from tests.kernels.test_mining import MODES, TILE, batch, call_inputs
 from tests.parity import DISTANCE_IDS, DISTANCE_SETTINGS, assert_close, make_batch, make_distances, value_and_grads
 
 

@@ -27,7 +27,9 @@ def _tile_masks(labels_B, ref_labels_R, query_ref_index_B, r0, r1, c0, c1):
 
 class TiledSupConFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, query_BD, ref_RD, labels_B, ref_labels_R, query_ref_index_B, logits_fn, tile):
+    def forward(ctx, query_BD: torch.Tensor, ref_RD: torch.Tensor, labels_B: torch.Tensor, ref_labels_R: torch.Tensor,
+                query_ref_index_B: torch.Tensor, logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                tile: int) -> torch.Tensor:
         num_rows, num_cols = query_BD.shape[0], ref_RD.shape[0]
         lse_B = torch.full((num_rows,), float("-inf"), dtype=query_BD.dtype, device=query_BD.device)
         pos_sum_B = torch.zeros(num_rows, dtype=query_BD.dtype, device=query_BD.device)
@@ -46,7 +48,7 @@ class TiledSupConFunction(torch.autograd.Function):
         return loss_B
 
     @staticmethod
-    def backward(ctx, grad_B):
+    def backward(ctx, grad_B: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         query_BD, ref_RD, labels_B, ref_labels_R, query_ref_index_B, lse_B, num_pos_B = ctx.saved_tensors
         row_weight_B = torch.where(num_pos_B > 0, grad_B, torch.zeros_like(grad_B))
         dquery_BD, dref_RD = torch.zeros_like(query_BD), torch.zeros_like(ref_RD)

@@ -12,37 +12,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dmlscale.losses.tiled import TiledPairLoss, tiled_clip_loss
+from dmlscale.kernels.clip_siglip import tiled_clip_loss
+from dmlscale.losses.tiled_pair_loss import TiledPairLoss, check_pair_features, check_scale, scaled_logits
 
 
-def check_pair_features(image_features: torch.Tensor, text_features: torch.Tensor) -> None:
-    """Raise a ValueError naming the shapes unless both are n x D with the same n and D."""
-    for name, feats in (("image_features", image_features), ("text_features", text_features)):
-        if not torch.is_tensor(feats) or feats.ndim != 2 or not feats.is_floating_point():
-            shape = tuple(feats.shape) if torch.is_tensor(feats) else type(feats).__name__
-            raise ValueError(f"{name} must be a 2-D floating tensor (batch, dim), got {shape}")
-    if image_features.shape != text_features.shape:
-        raise ValueError(
-            f"image_features {tuple(image_features.shape)} and text_features {tuple(text_features.shape)} must have "
-            "the same shape (one caption per image)"
-        )
-
-
-def check_scale(name: str, value) -> None:
-    if torch.is_tensor(value):
-        if value.numel() != 1:
-            raise ValueError(f"{name} must hold one number (shape [] or [1]), got shape {tuple(value.shape)}")
-    elif not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number or a one-element tensor, got {type(value).__name__}")
-
-
-def scaled_logits(query_nD: torch.Tensor, ref_ND: torch.Tensor, logit_scale, logit_bias=None) -> torch.Tensor:
-    """logits_nN = logit_scale * query . ref^T (+ logit_bias)."""
-    logits_nN = logit_scale * (query_nD @ ref_ND.t())
-    return logits_nN if logit_bias is None else logits_nN + logit_bias
-
-
-def clip_row_losses(query_nD, ref_ND, targets_n, logit_scale, logit_bias=None) -> torch.Tensor:
+def clip_row_losses(query_nD: torch.Tensor, ref_ND: torch.Tensor, targets_n: torch.Tensor,
+                    logit_scale: float | torch.Tensor, logit_bias: float | torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy of each query row over all reference rows, the target being the row `targets_n[i]`."""
     return F.cross_entropy(scaled_logits(query_nD, ref_ND, logit_scale, logit_bias), targets_n, reduction="none")
 
@@ -50,13 +25,13 @@ def clip_row_losses(query_nD, ref_ND, targets_n, logit_scale, logit_bias=None) -
 class ClipLoss(TiledPairLoss):
     """Symmetric InfoNCE over matched image-text pairs (row i of each is a pair).
 
-    `tiled`: None picks the streamed kernel (`losses/tiled.py`, memory O(N D + tile^2) instead of
+    `tiled`: None picks the streamed kernel (`kernels/clip_siglip.py`, memory O(N D + tile^2) instead of
     O(N^2)) when the batch has at least `tiled_threshold` pairs; True/False force either path. Both
     give the same value and gradients.
     """
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale,
-                logit_bias=None, output_dict: bool = False):
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: float | torch.Tensor,
+                logit_bias: float | torch.Tensor | None = None, output_dict: bool = False) -> torch.Tensor | dict:
         check_pair_features(image_features, text_features)
         check_scale("logit_scale", logit_scale)
         if logit_bias is not None:

@@ -6,7 +6,7 @@ import pytorch_metric_learning.losses as pml_losses
 import torch
 
 from dmlscale import losses
-from dmlscale.losses.infonce import pair_counts
+from dmlscale.kernels.label_pairs import pair_counts
 from dmlscale.indices import matches_and_diffs
 from tests.parity import DISTANCE_IDS, DISTANCE_SETTINGS, compare_losses, make_batch, make_distances, value_and_grads, assert_close
 

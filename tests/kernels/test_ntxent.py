@@ -7,9 +7,8 @@ import pytorch_metric_learning.losses as pml_losses
 import torch
 
 from dmlscale import losses
-from dmlscale.indices import all_pairs, matches_and_diffs
-from dmlscale.losses.tiled_ntxent import label_positive_pairs
-from tests.losses.test_infonce_parity import LargestTensor
+from dmlscale.indices import all_pairs
+from tests.losses.test_ntxent_supcon_parity import LargestTensor
 from tests.parity import (
     DISTANCE_IDS, DISTANCE_SETTINGS, INPUT_MODES, assert_close, make_batch, make_distances, run_mode, value_and_grads,
 )
@@ -64,16 +63,6 @@ def test_block_of_rows_with_query_ref_index_and_tuple_duplicates():
         assert v2 > 0.1
         assert_close(v1, v2)
         assert_close(g1[0], g2[0], what="gradient")
-
-
-def test_positive_pairs_from_labels_are_the_mask_in_row_major_order():
-    labels = torch.tensor([2, 0, 0, 1, 2, 2, 0])
-    ref = torch.tensor([0, 2, 1, 1, 0, 2, 2, 0, 3])
-    for ref_labels, qri in [(labels, torch.arange(7)), (ref, torch.tensor([-1, 0, 4, 2, 1, -1, 7]))]:
-        same, _ = matches_and_diffs(labels, ref_labels, qri)
-        a, p = label_positive_pairs(labels, ref_labels, qri)
-        expected_a, expected_p = torch.where(same)
-        assert torch.equal(a, expected_a) and torch.equal(p, expected_p) and len(a) > 3
 
 
 def test_streamed_path_never_holds_the_matrix_and_auto_switches():

@@ -4,8 +4,8 @@ float64 within 1e-10, float32 within 1e-5, for tile sizes that do and do not div
 import pytest
 import torch
 
-from dmlscale.losses.clip import ClipLoss
-from dmlscale.losses.tiled import tiled_clip_loss
+from dmlscale.losses.clip_loss import ClipLoss
+from dmlscale.kernels.clip_siglip import tiled_clip_loss
 from tests.parity import assert_close
 
 
@@ -72,8 +72,8 @@ def test_clip_loss_paths_agree_and_auto_switches(tiled):
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("n, tile", [(37, 8), (50, 64), (33, 1)])
 def test_tiled_siglip_equals_materialised(n, tile, dtype, tol):
-    from dmlscale.losses.siglip import SigLipLoss
-    from dmlscale.losses.tiled import tiled_siglip_loss
+    from dmlscale.losses.siglip_loss import SigLipLoss
+    from dmlscale.kernels.clip_siglip import tiled_siglip_loss
 
     img, txt = inputs(n + 1, n, 12, dtype)
     scale, bias = torch.tensor([10.0], dtype=dtype), torch.tensor([-10.0], dtype=dtype)
@@ -87,7 +87,7 @@ def test_tiled_siglip_equals_materialised(n, tile, dtype, tol):
 
 
 def test_siglip_loss_auto_switches_to_tiles_with_same_result():
-    from dmlscale.losses.siglip import SigLipLoss
+    from dmlscale.losses.siglip_loss import SigLipLoss
 
     img, txt = inputs(9, 45, 6, torch.float64)
     scale, bias = torch.tensor([8.0], dtype=torch.float64), torch.tensor([-6.0], dtype=torch.float64)

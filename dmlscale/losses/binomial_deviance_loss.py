@@ -7,16 +7,14 @@ Legend: B queries, R references; sim_BR the similarity matrix (any distance work
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from dmlscale.distances import BaseDistance, CosineSimilarity
-from dmlscale.losses.pair import GenericPairLoss
+from dmlscale.kernels.logsumexp import log_one_plus_exp
+from dmlscale.losses.generic_pair_loss import GenericPairLoss
 from dmlscale.param_checks import check_real
-
-
-def _softplus(x: torch.Tensor) -> torch.Tensor:
-    """log(1 + e^x), exact for every x (no linear cut-off)."""
-    return torch.logaddexp(x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def _masked_mean(x_BR: torch.Tensor, keep_BR: torch.Tensor) -> torch.Tensor:
@@ -48,7 +46,7 @@ class BinomialDevianceLoss(GenericPairLoss):
     uses_masks = True
 
     def __init__(self, alpha: float = 2.0, beta: float = 50.0, margin: float = 0.5, slack: float = 0.05,
-                 neg_weight: float = 0.04, **kwargs) -> None:
+                 neg_weight: float = 0.04, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         name = type(self).__name__
         self.alpha = check_real(name, "alpha", alpha, minimum=0, strict=True)
@@ -60,7 +58,7 @@ class BinomialDevianceLoss(GenericPairLoss):
     def get_default_distance(self) -> BaseDistance:
         return CosineSimilarity()
 
-    def mask_loss(self, mat_BR, pos_BR, neg_BR) -> dict:
+    def mask_loss(self, mat_BR: torch.Tensor, pos_BR: torch.Tensor, neg_BR: torch.Tensor) -> dict:
         pos_keep_BR = pos_BR > 0
         inverted = self.distance.is_inverted
         with torch.no_grad():
@@ -72,8 +70,8 @@ class BinomialDevianceLoss(GenericPairLoss):
                 neg_keep_BR = (neg_BR > 0) & (mat_BR > (hardest_pos_B - self.slack)[:, None])
             else:
                 neg_keep_BR = (neg_BR > 0) & (mat_BR < (hardest_pos_B + self.slack)[:, None])
-        pos_B = _masked_mean(_softplus(self.alpha * self.distance.margin(mat_BR, self.margin)), pos_keep_BR)
-        neg_B = _masked_mean(_softplus(self.beta * self.distance.margin(self.margin, mat_BR)), neg_keep_BR)
+        pos_B = _masked_mean(log_one_plus_exp(self.alpha * self.distance.margin(mat_BR, self.margin)), pos_keep_BR)
+        neg_B = _masked_mean(log_one_plus_exp(self.beta * self.distance.margin(self.margin, mat_BR)), neg_keep_BR)
         loss_B = pos_B + self.neg_weight * neg_B
         anchors_B = torch.arange(mat_BR.shape[0], device=mat_BR.device)
         return {"loss": {"losses": loss_B, "indices": anchors_B, "reduction_type": "element"}}

@@ -15,10 +15,13 @@ for d_ap (a pair value, differentiated through `paired_values`) and over p for t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+from dmlscale.distances import BaseDistance
 from dmlscale.kernels.distance_tiles import distance_tile, paired_values, tile_backward
-from dmlscale.kernels.mining import negative_counts, pair_chunks, positive_pairs
+from dmlscale.kernels.label_pairs import negative_counts, pair_chunks, positive_pairs
 from dmlscale.kernels.tiles import tiles
 
 
@@ -52,7 +55,8 @@ class StreamedBatchAllFunction(torch.autograd.Function):
     """(total, count) of the kept batch-all terms; only `total` is differentiable (to q, r and ap)."""
 
     @staticmethod
-    def forward(ctx, q_BD, r_RD, ap_P, a_P, labels_B, ref_labels_R, spec):
+    def forward(ctx, q_BD: torch.Tensor, r_RD: torch.Tensor, ap_P: torch.Tensor, a_P: torch.Tensor,
+                labels_B: torch.Tensor, ref_labels_R: torch.Tensor, spec: dict) -> tuple[torch.Tensor, torch.Tensor]:
         total = torch.zeros((), dtype=torch.float64, device=q_BD.device)  # up to B R^2 terms: fp64 sum
         count = 0
         for s0, s1, a0, a1, c0, c1, rows_C, neg_CT in _blocks(spec, a_P, labels_B, ref_labels_R, r_RD.shape[0]):
@@ -67,7 +71,7 @@ class StreamedBatchAllFunction(torch.autograd.Function):
         return total.to(q_BD.dtype), count
 
     @staticmethod
-    def backward(ctx, grad_total, _grad_count):
+    def backward(ctx, grad_total: torch.Tensor, _grad_count: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         q_BD, r_RD, ap_P, a_P, labels_B, ref_labels_R = ctx.saved_tensors
         spec, distance = ctx.spec, ctx.spec["distance"]
         dq_BD, dr_RD, dap_P = torch.zeros_like(q_BD), torch.zeros_like(r_RD), torch.zeros_like(ap_P)
@@ -85,8 +89,11 @@ class StreamedBatchAllFunction(torch.autograd.Function):
         return dq_BD, dr_RD, dap_P, None, None, None, None
 
 
-def streamed_batch_all(distance, q_BD, r_RD, labels_B, ref_labels_R, query_ref_index_B, *, margin: float,
-                       term_fn, keep_fn, tile: int):
+def streamed_batch_all(distance: BaseDistance, q_BD: torch.Tensor, r_RD: torch.Tensor, labels_B: torch.Tensor,
+                       ref_labels_R: torch.Tensor, query_ref_index_B: torch.Tensor, *, margin: float,
+                       term_fn: Callable[[torch.Tensor], torch.Tensor],
+                       keep_fn: Callable[[torch.Tensor], torch.Tensor] | None,
+                       tile: int) -> tuple[torch.Tensor | None, int, int]:
     """(total, count, num_triplets) of the batch-all triplet loss (see the module docstring); `total`
     is differentiable with respect to q_BD and r_RD. `term_fn(v)` is the elementwise term of a
     violation (TripletMarginLoss.per_triplet_loss), `keep_fn(terms)` the reducer's filter or None."""

@@ -13,12 +13,14 @@ dtype and cast to the embeddings' dtype in the forward pass. The default reducer
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-from dmlscale.distances import LpDistance
+from dmlscale.distances import BaseDistance, LpDistance
 from dmlscale.losses.base import BaseMetricLossFunction
-from dmlscale.losses.reducers import AvgNonZeroReducer
+from dmlscale.losses.reducers import AvgNonZeroReducer, BaseReducer
 from dmlscale.miners.distance_weighted import DistanceWeightedMiner
 from dmlscale.param_checks import check_real
 
@@ -27,7 +29,7 @@ class DistanceWeightedMarginLoss(BaseMetricLossFunction):
     """Margin loss [alpha + y (d - beta)]_+ on distance-weighted samples; requires normalised L2 distance."""
 
     def __init__(self, margin: float = 0.2, beta: float = 1.2, learn_beta: bool = False, cutoff: float = 0.5,
-                 nonzero_loss_cutoff: float = 1.4, **kwargs) -> None:
+                 nonzero_loss_cutoff: float = 1.4, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_real(type(self).__name__, "margin", margin, finite=False)
         check_real(type(self).__name__, "beta", beta, finite=False)
@@ -43,13 +45,14 @@ class DistanceWeightedMarginLoss(BaseMetricLossFunction):
         else:
             self.register_buffer("beta", beta_tensor)
 
-    def get_default_distance(self):
+    def get_default_distance(self) -> BaseDistance:
         return LpDistance(p=2, power=1, normalize_embeddings=True)
 
-    def get_default_reducer(self):
+    def get_default_reducer(self) -> BaseReducer:
         return AvgNonZeroReducer()
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
+    def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor | None, indices_tuple: tuple | None,
+                     ref_emb: torch.Tensor, ref_labels: torch.Tensor | None, query_ref_index: torch.Tensor) -> dict:
         if indices_tuple is not None:
             raise ValueError("DistanceWeightedMarginLoss samples its own triplets; pass indices_tuple=None")
         self.require_labels(labels, allow_indices=False)

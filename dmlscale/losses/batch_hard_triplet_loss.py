@@ -12,14 +12,18 @@ With `tiled` (automatic at max(B, R) >= tiled_threshold) both the mining and the
 
 from __future__ import annotations
 
-from dmlscale.losses.triplet import TripletMarginLoss
+from typing import Any
+
+import torch
+
+from dmlscale.losses.triplet_margin_loss import TripletMarginLoss
 from dmlscale.miners.batch_hard import BatchHardMiner
 
 
 class BatchHardTripletLoss(TripletMarginLoss):
     """TripletMarginLoss over the batch-hard triplets it mines itself (one per anchor)."""
 
-    def __init__(self, margin: float = 0.05, swap: bool = False, smooth_loss: bool = False, **kwargs) -> None:
+    def __init__(self, margin: float = 0.05, swap: bool = False, smooth_loss: bool = False, **kwargs: Any) -> None:
         if "triplets_per_anchor" in kwargs:
             raise ValueError(
                 f"BatchHardTripletLoss uses one (hardest) triplet per anchor; "
@@ -29,7 +33,8 @@ class BatchHardTripletLoss(TripletMarginLoss):
         self.miner = BatchHardMiner(distance=self.distance, tiled=self.tiled, tile_size=self.tile_size,
                                     tiled_threshold=self.tiled_threshold)
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
+    def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor | None, indices_tuple: tuple | None,
+                     ref_emb: torch.Tensor, ref_labels: torch.Tensor | None, query_ref_index: torch.Tensor) -> dict:
         if indices_tuple is not None:
             raise ValueError("BatchHardTripletLoss mines its own triplets; pass indices_tuple=None")
         self.require_labels(labels, allow_indices=False)

@@ -7,10 +7,12 @@ weight_BR the sampling weights, sampled_BR the negatives drawn.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from dmlscale.indices import convert_to_pairs
-from dmlscale.losses.pair import ContrastiveLoss
+from dmlscale.losses.contrastive_loss import ContrastiveLoss
 from dmlscale.param_checks import check_positive_int, check_real
 
 FAVOUR_CHOICES = ("mean", "tails")
@@ -46,7 +48,7 @@ class GaussianWeightedNegativeLoss(ContrastiveLoss):
 
     def __init__(self, negatives_per_anchor: int = 5, favour: str = "mean", pos_margin: float = 0.0,
                  neg_margin: float = 1.2, *, seed: int | None = None, generator: torch.Generator | None = None,
-                 **kwargs) -> None:
+                 **kwargs: Any) -> None:
         name = type(self).__name__
         pos_margin = check_real(name, "pos_margin", pos_margin)
         neg_margin = check_real(name, "neg_margin", neg_margin)
@@ -64,7 +66,8 @@ class GaussianWeightedNegativeLoss(ContrastiveLoss):
         self.seed = seed
         self.generator = generator
 
-    def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index) -> dict:
+    def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor | None, indices_tuple: tuple | None,
+                     ref_emb: torch.Tensor, ref_labels: torch.Tensor | None, query_ref_index: torch.Tensor) -> dict:
         self.require_labels(labels, indices_tuple)
         a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels, query_ref_index)
         if len(a1) == 0 and len(a2) == 0:

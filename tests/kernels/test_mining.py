@@ -15,7 +15,7 @@ import torch
 from dmlscale import losses, miners, reducers
 from dmlscale.indices import all_triplets
 from dmlscale.losses.streamed_totals import TOTAL_KEY
-from dmlscale.losses.streamed_triplet import streamed_batch_all
+from dmlscale.kernels.batch_all_triplets import streamed_batch_all
 from tests.parity import DISTANCE_IDS, DISTANCE_SETTINGS, assert_close, make_batch, make_distances, value_and_grads
 
 TILE = 7  # divides none of the batch sizes below (23, 17, 13)
