@@ -117,7 +117,9 @@ def test_engine_step_equals_plain_torch_with_clipping_and_clamp(zero_stage, tmp_
     (outcome,) = results(run_world(_engine_vs_reference, 1, zero_stage, 4.7, tmp_path))
     print({k: v for k, v in outcome.items() if k != "params"})
     assert min(outcome["reference_grad_norms"]) > 2 * CLIP_NORM  # clipping was active in both steps
-    assert outcome["max_diff"] < 1e-5, outcome  # fp32; chunked vs whole-batch summation order
+    # fp32: chunked vs whole-batch summation order, and torch's thread count changes it too; AdamW divides by the
+    # root of the squared gradient, so the rounding of a near-zero gradient can move a weight by a share of lr
+    assert outcome["max_diff"] < 5e-3 * LR, outcome
     assert outcome["logit_scale"] <= math.log(100) + 1e-6
     if zero_stage > 0:  # the optimizer's fp32 master copy was clamped too, not only the module tensor
         assert outcome["master_logit_scale"] == pytest.approx(outcome["logit_scale"], abs=1e-7)
