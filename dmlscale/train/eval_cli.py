@@ -107,21 +107,20 @@ def evaluate_run(run_dir: str | Path, *, tag: str | None = None, data: str | Non
                        batch_size=config.data.eval_batch_size,
                        image_transform=build.image_transform(config.data.image_size),
                        tokenize=tokenize, classnames=build.zero_shot_classnames(config),
-                       templates=build.zero_shot_templates(config), retrieval=config.eval.retrieval, device=device)
+                       templates=build.zero_shot_templates(config), retrieval=config.eval.retrieval, device=device,
+                       warn_skips=False)  # main_from_args says it as a `dmlscale eval: warning:` line
     return {**source, "shards": shards, **metrics}
 
 
 def describe_counts(metrics: dict) -> tuple[str, str | None]:
     """("scored N samples from S shard(s)", the skip warning or None) for `evaluate_run`'s result."""
+    from dmlscale.train.evaluate import describe_skips
+
     shards, by_shard = metrics["shards"], metrics["_skipped_by_shard"]
     scored = f"scored {metrics['eval/num_samples']} samples from {len(shards)} shard(s)"
     if not by_shard:
         return scored, None
-    reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(metrics["_skipped_by_reason"].items()))
-    named = ", ".join(f"{path} ({count})" for path, count in sorted(by_shard.items())[:10])
-    warning = (f"skipped {metrics['eval/num_skipped']} unreadable samples ({reasons}) in {len(by_shard)} of "
-               f"{len(shards)} shard(s): {named}{', ...' if len(by_shard) > 10 else ''}; the scores leave them out")
-    return scored, warning
+    return scored, describe_skips(by_shard, metrics["_skipped_by_reason"], len(shards))
 
 
 def main_from_args(args: argparse.Namespace) -> dict:

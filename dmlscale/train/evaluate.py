@@ -9,6 +9,7 @@ returned on every rank.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from dmlscale.data.shard_list import list_shards
 from dmlscale.data.tar_reader import read_samples
 from dmlscale.distributed.collectives import all_gather_objects, world_rank_and_size
 
+LOG = logging.getLogger("dmlscale.data")
 MAX_IMAGE_PIXELS = 50_000_000
 BAD_IMAGE = "undecodable sample"
 
@@ -40,6 +42,15 @@ class EvalCounts:
         self.num_scored += other.num_scored
         self.skipped_by_shard.update(other.skipped_by_shard)
         self.skipped_by_reason.update(other.skipped_by_reason)
+
+
+def describe_skips(skipped_by_shard: dict, skipped_by_reason: dict, num_shards: int) -> str:
+    """One line: how many unreadable samples were left out, why, and from which shards (up to 10)."""
+    reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(skipped_by_reason.items()))
+    named = ", ".join(f"{path} ({count})" for path, count in sorted(skipped_by_shard.items())[:10])
+    return (f"skipped {sum(skipped_by_shard.values())} unreadable samples ({reasons}) in {len(skipped_by_shard)} "
+            f"of {num_shards} shard(s): {named}{', ...' if len(skipped_by_shard) > 10 else ''}; "
+            f"the scores leave them out")
 
 
 def eval_batches(shards: Sequence[str], *, rank: int, world_size: int, batch_size: int, image_transform: Callable,
@@ -90,12 +101,14 @@ def eval_batches(shards: Sequence[str], *, rank: int, world_size: int, batch_siz
 def evaluate(model: torch.nn.Module, shards: Sequence[str], *, task: str, rank: int, world_size: int, batch_size: int,
              image_transform: Callable, tokenize: Callable | None = None, classnames: Sequence[str] | None = None,
              templates: Sequence[str] | None = None, retrieval: bool = True, max_samples: int = 0,
-             device: torch.device | str = "cpu", similarity_samples: bool = False, progress: bool = False) -> dict:
+             device: torch.device | str = "cpu", similarity_samples: bool = False, progress: bool = False,
+             warn_skips: bool = True) -> dict:
     """{"metric name": value} equal on every rank, with eval/num_samples (samples scored, all ranks),
     eval/num_skipped (unreadable samples left out; "_skipped_by_shard" / "_skipped_by_reason" break them
     down) and eval/sim/* (similarity statistics of the whole eval set, see train.step_metrics). With `similarity_samples`, also "_pos"/"_neg": sampled
     positive and negative cosine similarities of rank 0's anchors (for the histogram plot).
-    `progress`: a bar on rank 0."""
+    `progress`: a bar on rank 0. `warn_skips`: rank 0 logs a warning (describe_skips) when samples were
+    unreadable; callers that report the counts themselves turn it off."""
     from dmlscale import eval as ev
     from dmlscale.monitor import Progress
     from dmlscale.train.step_metrics import global_similarity_stats
@@ -121,6 +134,8 @@ def evaluate(model: torch.nn.Module, shards: Sequence[str], *, task: str, rank: 
     totals = EvalCounts()
     for rank_counts in all_gather_objects(counts):  # [counts] on one process
         totals.merge(rank_counts)
+    if warn_skips and totals.num_skipped and rank == 0:
+        LOG.warning("evaluation %s", describe_skips(totals.skipped_by_shard, totals.skipped_by_reason, len(shards)))
     if totals.num_scored == 0:  # the same on every rank
         raise ValueError(f"evaluation scored no samples: {totals.num_skipped} unreadable samples skipped in "
                          f"{len(totals.skipped_by_shard)} of {len(shards)} shard(s) {list(shards)[:5]}")
