@@ -13,6 +13,7 @@ import time
 import torch
 
 import dmlscale.losses as losses_module
+from dmlscale.demo_choices import DEMO_LOSSES, DEMO_MINERS, check_choice
 
 
 def load_digits_split(seed: int):
@@ -48,12 +49,14 @@ def balanced_batch(labels_N: torch.Tensor, num_classes: int, per_class: int, gen
     return torch.cat(picks)
 
 
-def build_loss(name: str) -> torch.nn.Module:
-    loss_class = getattr(losses_module, name, None)
-    if not (inspect.isclass(loss_class) and issubclass(loss_class, losses_module.BaseMetricLossFunction)):
-        allowed = sorted(n for n in losses_module.__all__ if n.endswith("Loss") and n != "BaseMetricLossFunction")
-        raise ValueError(f"--loss {name!r} is not a dmlscale loss; allowed: {allowed}")
-    return loss_class()
+def build_loss(name: str, *, num_classes: int, embedding_size: int) -> torch.nn.Module:
+    """The loss `name` with its defaults; a loss with learnable class parameters (CenterLoss) gets the
+    demo's class count and embedding size."""
+    check_choice("--loss", name, DEMO_LOSSES)
+    loss_class = getattr(losses_module, name)
+    needed = inspect.signature(loss_class).parameters
+    sizes = {"num_classes": num_classes, "embedding_size": embedding_size}
+    return loss_class(**{key: value for key, value in sizes.items() if key in needed})
 
 
 def build_miner(name: str | None):
@@ -61,18 +64,17 @@ def build_miner(name: str | None):
         return None
     import dmlscale.miners as miners_module
 
-    miner_class = getattr(miners_module, name, None)
-    if not inspect.isclass(miner_class):
-        raise ValueError(f"--miner {name!r} is not a dmlscale miner; allowed: {sorted(miners_module.__all__)}")
-    return miner_class()
+    check_choice("--miner", name, DEMO_MINERS)
+    return getattr(miners_module, name)()
 
 
 def run(loss_name: str, miner_name: str | None, steps: int, seed: int, print_every: int) -> dict:
     torch.manual_seed(seed)
     train_x, train_y, test_x, test_y = load_digits_split(seed)
     model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 32))
-    loss_fn, miner = build_loss(loss_name), build_miner(miner_name)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    loss_fn = build_loss(loss_name, num_classes=10, embedding_size=32)
+    miner = build_miner(miner_name)
+    optimizer = torch.optim.AdamW([*model.parameters(), *loss_fn.parameters()], lr=3e-3)  # CenterLoss: centres
     gen = torch.Generator().manual_seed(seed)
     before = precision_at_1(model, test_x, test_y)
     print(f"dmlscale demo: {loss_name}" + (f" + {miner_name}" if miner_name else "") + f", {steps} steps, seed {seed}")

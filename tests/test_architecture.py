@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dmlscale"
-APPLICATION = ("train", "monitor", "cli", "demo", "demo_cli")  # config, trainer, engine, checkpoint, CLI commands, monitor
+APPLICATION = ("train", "monitor", "cli", "demo", "demo_cli", "demo_choices")  # config, trainer, engine, checkpoint, CLI commands, monitor
 COMMUNICATION = "torch.distributed"
 COMMUNICATION_HOME = "distributed"
 

@@ -61,22 +61,47 @@ def _sample_key(index: int) -> str:
 class SampleSource:
     """A sized, re-iterable source: `items` turned into samples by `to_sample(key, item)`.
 
+    `labels` gives each item's class (None: unlabelled), for a stratified `split`. `positions` are the
+    items' positions in the whole source, which make their keys (a split keeps the source's keys).
     `skipped` lists the paths of bad images left out by the latest iteration (on_bad_image="skip")."""
 
-    def __init__(self, items: Sequence, to_sample: Callable[[str, object], dict], *, on_bad_image: str = "raise"):
+    def __init__(self, items: Sequence, to_sample: Callable[[str, object], dict], *, on_bad_image: str = "raise",
+                 labels: Sequence[int | None] | None = None, positions: Sequence[int] | None = None):
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise ValueError(f"on_bad_image must be one of {list(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}")
         self.items, self.to_sample, self.on_bad_image = items, to_sample, on_bad_image
+        self.labels = list(labels) if labels is not None else [None] * len(items)
+        self.positions = list(positions) if positions is not None else list(range(len(items)))
         self.skipped: list[str] = []
 
     def __len__(self) -> int:
         return len(self.items)
 
+    def split(self, test_fraction: float, *, seed: int = 0) -> tuple[SampleSource, SampleSource]:
+        """(train, test) sources with disjoint items: per label (all items when unlabelled), a permutation
+        seeded by `seed` sends round(test_fraction * count) items to test, so each class keeps its share;
+        both keep the source's order and keys. ValueError when the fraction is not in (0, 1) or a side
+        would be empty."""
+        import numpy as np
+
+        from dmlscale.data.digits import stratified_split
+
+        if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
+            raise ValueError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
+        labels_N = np.array([-1 if label is None else label for label in self.labels], dtype=np.int64)
+        train, test = stratified_split(labels_N, seed=seed, test_fraction=float(test_fraction))
+        if len(train) == 0 or len(test) == 0:
+            raise ValueError(f"test_fraction={test_fraction!r} of {len(self.items)} items leaves "
+                             f"{len(train)} for train and {len(test)} for test; both need at least one")
+        return tuple(SampleSource([self.items[i] for i in part], self.to_sample, on_bad_image=self.on_bad_image,
+                                  labels=[self.labels[i] for i in part], positions=[self.positions[i] for i in part])
+                     for part in (train, test))
+
     def __iter__(self) -> Iterator[dict]:
         self.skipped = []
-        for index, item in enumerate(self.items):
+        for position, item in zip(self.positions, self.items):
             try:
-                sample = self.to_sample(_sample_key(index), item)
+                sample = self.to_sample(_sample_key(position), item)
             except BadImageError:
                 if self.on_bad_image == "raise":
                     raise
@@ -134,7 +159,7 @@ def folder_samples(folder: str | Path, *, captions: str = "txt", on_bad_image: s
         sample["jpg"] = load_image_jpeg(path)
         return sample
 
-    return SampleSource(items, to_sample, on_bad_image=on_bad_image)
+    return SampleSource(items, to_sample, on_bad_image=on_bad_image, labels=[label for _, label in items])
 
 
 def _read_table_rows(path: Path) -> list[dict]:
@@ -199,4 +224,4 @@ def table_samples(path: str | Path, *, on_bad_image: str = "raise") -> SampleSou
             sample["cls"] = label
         return sample
 
-    return SampleSource(items, to_sample, on_bad_image=on_bad_image)
+    return SampleSource(items, to_sample, on_bad_image=on_bad_image, labels=[label for _, _, label in items])

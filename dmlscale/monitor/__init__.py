@@ -11,7 +11,7 @@ import importlib
 _EXPORTS = {
     "console": ("Progress", "track"),
     "metrics_log": ("MetricsLog", "read_metrics", "read_records"),
-    "plots": ("plot_curves", "plot_similarity_histograms"),
+    "plots": ("curves_figure", "plot_curves", "plot_similarity_histograms", "run_title"),
     "similarity_stats": ("SimilarityStats", "clip_similarity_stats", "label_similarity_stats"),
     "system_stats": ("StepTimer", "peak_memory_bytes"),
     "wandb_records": ("read_history", "run_log_files"),

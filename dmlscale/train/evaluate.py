@@ -9,22 +9,56 @@ returned on every rank.
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from dmlscale.data.decode import BadSample, decode_sample
 from dmlscale.data.shard_list import list_shards
 from dmlscale.data.tar_reader import read_samples
-from dmlscale.distributed.collectives import world_rank_and_size
+from dmlscale.distributed.collectives import all_gather_objects, world_rank_and_size
 
+LOG = logging.getLogger("dmlscale.data")
 MAX_IMAGE_PIXELS = 50_000_000
+BAD_IMAGE = "undecodable sample"
+
+
+@dataclass
+class EvalCounts:
+    """What an evaluation read: samples scored, and unreadable samples skipped by shard path and by reason."""
+
+    num_scored: int = 0
+    skipped_by_shard: Counter = field(default_factory=Counter)
+    skipped_by_reason: Counter = field(default_factory=Counter)
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(self.skipped_by_shard.values())
+
+    def merge(self, other: EvalCounts) -> None:
+        self.num_scored += other.num_scored
+        self.skipped_by_shard.update(other.skipped_by_shard)
+        self.skipped_by_reason.update(other.skipped_by_reason)
+
+
+def describe_skips(skipped_by_shard: dict, skipped_by_reason: dict, num_shards: int) -> str:
+    """One line: how many unreadable samples were left out, why, and from which shards (up to 10)."""
+    reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(skipped_by_reason.items()))
+    named = ", ".join(f"{path} ({count})" for path, count in sorted(skipped_by_shard.items())[:10])
+    return (f"skipped {sum(skipped_by_shard.values())} unreadable samples ({reasons}) in {len(skipped_by_shard)} "
+            f"of {num_shards} shard(s): {named}{', ...' if len(skipped_by_shard) > 10 else ''}; "
+            f"the scores leave them out")
 
 
 def eval_batches(shards: Sequence[str], *, rank: int, world_size: int, batch_size: int, image_transform: Callable,
-                 max_samples: int = 0) -> Iterator[dict]:
+                 max_samples: int = 0, counts: EvalCounts | None = None) -> Iterator[dict]:
     """Batches {"image": [n, C, H, W], "caption": [str] or None, "label": LongTensor or None} of this
-    rank's share of the shards' samples; samples without an image are skipped."""
+    rank's share of the shards' samples; unreadable samples (a truncated tar, undecodable bytes) are
+    skipped and, with `counts`, counted there by shard and reason, as are the samples yielded."""
+    counts = EvalCounts() if counts is None else counts
     shard_set = list_shards(list(shards))
     images, captions, labels, position = [], [], [], -1
 
@@ -40,13 +74,20 @@ def eval_batches(shards: Sequence[str], *, rank: int, world_size: int, batch_siz
             position += 1
             if max_samples and position >= max_samples:
                 break
-            if position % world_size != rank or raw.problem is not None:
+            if position % world_size != rank:
                 continue
-            try:
-                image, _ = decode_sample(raw.fields, task="image_label" if "txt" not in raw.fields else "image_text",
-                                         max_image_pixels=MAX_IMAGE_PIXELS)
-            except BadSample:
+            problem = raw.problem
+            if problem is None:
+                try:
+                    image, _ = decode_sample(raw.fields, task="image_label" if "txt" not in raw.fields else "image_text",
+                                             max_image_pixels=MAX_IMAGE_PIXELS)
+                except BadSample as error:
+                    problem = error.reason or BAD_IMAGE
+            if problem is not None:
+                counts.skipped_by_shard[shard.path] += 1
+                counts.skipped_by_reason[problem] += 1
                 continue
+            counts.num_scored += 1
             images.append(image_transform(image))
             captions.append(raw.fields["txt"].decode("utf-8").strip() if "txt" in raw.fields else None)
             labels.append(int(raw.fields["cls"].decode("ascii")) if "cls" in raw.fields else None)
@@ -60,11 +101,14 @@ def eval_batches(shards: Sequence[str], *, rank: int, world_size: int, batch_siz
 def evaluate(model: torch.nn.Module, shards: Sequence[str], *, task: str, rank: int, world_size: int, batch_size: int,
              image_transform: Callable, tokenize: Callable | None = None, classnames: Sequence[str] | None = None,
              templates: Sequence[str] | None = None, retrieval: bool = True, max_samples: int = 0,
-             device: torch.device | str = "cpu", similarity_samples: bool = False, progress: bool = False) -> dict:
-    """{"metric name": value} equal on every rank, with eval/sim/* (similarity statistics of the
-    whole eval set, see train.step_metrics). With `similarity_samples`, also "_pos"/"_neg": sampled
+             device: torch.device | str = "cpu", similarity_samples: bool = False, progress: bool = False,
+             warn_skips: bool = True) -> dict:
+    """{"metric name": value} equal on every rank, with eval/num_samples (samples scored, all ranks),
+    eval/num_skipped (unreadable samples left out; "_skipped_by_shard" / "_skipped_by_reason" break them
+    down) and eval/sim/* (similarity statistics of the whole eval set, see train.step_metrics). With `similarity_samples`, also "_pos"/"_neg": sampled
     positive and negative cosine similarities of rank 0's anchors (for the histogram plot).
-    `progress`: a bar on rank 0."""
+    `progress`: a bar on rank 0. `warn_skips`: rank 0 logs a warning (describe_skips) when samples were
+    unreadable; callers that report the counts themselves turn it off."""
     from dmlscale import eval as ev
     from dmlscale.monitor import Progress
     from dmlscale.train.step_metrics import global_similarity_stats
@@ -73,8 +117,9 @@ def evaluate(model: torch.nn.Module, shards: Sequence[str], *, task: str, rank: 
     model.eval()
     feats, texts, labels = [], [], []
     bar = Progress(None, desc="eval", unit="sample", rank=rank, enabled=progress)
+    counts = EvalCounts()
     for batch in eval_batches(shards, rank=rank, world_size=world_size, batch_size=batch_size,
-                              image_transform=image_transform, max_samples=max_samples):
+                              image_transform=image_transform, max_samples=max_samples, counts=counts):
         bar.update(len(batch["image"]))
         image = batch["image"].to(device)
         if task == "image_label":
@@ -86,9 +131,19 @@ def evaluate(model: torch.nn.Module, shards: Sequence[str], *, task: str, rank: 
         if batch["label"] is not None:
             labels.append(batch["label"])
     bar.close()
+    totals = EvalCounts()
+    for rank_counts in all_gather_objects(counts):  # [counts] on one process
+        totals.merge(rank_counts)
+    if warn_skips and totals.num_skipped and rank == 0:
+        LOG.warning("evaluation %s", describe_skips(totals.skipped_by_shard, totals.skipped_by_reason, len(shards)))
+    if totals.num_scored == 0:  # the same on every rank
+        raise ValueError(f"evaluation scored no samples: {totals.num_skipped} unreadable samples skipped in "
+                         f"{len(totals.skipped_by_shard)} of {len(shards)} shard(s) {list(shards)[:5]}")
     image_nD = torch.nn.functional.normalize(torch.cat(feats), dim=-1).cpu()
     labels_n = torch.cat(labels) if len(labels) == len(feats) and labels else None
-    out: dict = {}
+    # how many samples the scores rest on; unreadable ones by shard and reason (private keys: not logged)
+    out: dict = {"eval/num_samples": totals.num_scored, "eval/num_skipped": totals.num_skipped,
+                 "_skipped_by_shard": dict(totals.skipped_by_shard), "_skipped_by_reason": dict(totals.skipped_by_reason)}
     gathered = world_rank_and_size()[1] > 1
     if task == "image_label":
         if labels_n is None:

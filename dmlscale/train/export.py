@@ -6,6 +6,8 @@ What lands in output_dir, by the model's family (from the checkpoint's model_spe
   tower_clip  the above state dict as model.bin, plus text_tower/ that
               transformers.AutoModel.from_pretrained(output_dir / "text_tower") loads
   any family  model.bin: the full fp32 state dict (module names, no "module." prefix)
+  with a run  run_config.yaml: the run's config.yaml, so `dmlscale eval --checkpoint DIR` knows the data and task
+dmlscale.models.load_exported(DIR) rebuilds any of these models with its weights.
 ZeRO partitions are merged with DeepSpeed's zero_to_fp32 utilities, so any world size can read them.
 """
 
@@ -21,6 +23,7 @@ from dmlscale.train.checkpoint import LATEST, resolve_tag
 
 OPEN_CLIP_WEIGHTS = "open_clip_pytorch_model.bin"
 TEXT_TOWER_PREFIX = "text.transformer."
+RUN_CONFIG = "run_config.yaml"  # the run's config.yaml, beside the weights: `dmlscale eval` scores the export alone
 
 
 def _locate(source: Path, tag: str) -> tuple[Path, str]:
@@ -83,4 +86,8 @@ def export_weights(source: str | Path, output_dir: str | Path, *, tag: str = LAT
     run_dir, tag = _locate(Path(source), tag)
     spec_path = run_dir / tag / "model_spec.json"
     spec = json.loads(spec_path.read_text()) if spec_path.is_file() else None
-    return write_export(consolidated_state_dict(run_dir, tag), spec, output_dir)
+    output_dir = write_export(consolidated_state_dict(run_dir, tag), spec, output_dir)
+    run_config = run_dir.parent / "config.yaml"  # run_dir is RUN/checkpoints: the run's resolved config
+    if run_config.is_file():
+        shutil.copyfile(run_config, output_dir / RUN_CONFIG)
+    return output_dir

@@ -4,7 +4,8 @@ Merges the DeepSpeed checkpoint TAG (default: latest; any ZeRO stage, any world 
 `dmlscale train` run folder into weights its model family's library loads directly: for open_clip
 models, DIR/open_clip_config.json + DIR/open_clip_pytorch_model.bin
 (`open_clip.create_model("local-dir:DIR")`); otherwise DIR/model.bin + model_spec.json (and a
-transformers text_tower/ for MiniLM-tower CLIPs). Default DIR: RUN_DIR/export (what training writes).
+transformers text_tower/ for MiniLM-tower CLIPs), and the run's config as run_config.yaml, so that
+`dmlscale eval --checkpoint DIR` scores DIR alone. Default DIR: RUN_DIR/export (what training writes).
 """
 
 from __future__ import annotations

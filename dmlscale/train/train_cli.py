@@ -156,7 +156,7 @@ def print_summary(summary: dict, run_dir: str) -> None:
         return
     shown = {k: v for k, v in summary.items() if k.startswith("eval/") and not k.endswith("rank")}
     for key, value in shown.items():
-        print(f"  {key:40s} {value:.4f}")
+        print(f"  {key:40s} {value:.4f}" if isinstance(value, float) else f"  {key:40s} {value}")  # counts as ints
     print(f"dmlscale train: {summary['step']} steps on {summary['world_size']} process(es) in "
           f"{summary['seconds']:.1f} s; run folder {run_dir}")
 

@@ -184,7 +184,8 @@ def train(config: Config) -> dict:
 
 def _train_session(config: Config, run: Run, plan, started: float) -> dict:
     """The session once it owns the run folder and its resume was accepted."""
-    from dmlscale.monitor import MetricsLog, Progress, StepTimer, plot_curves, plot_similarity_histograms, read_metrics
+    from dmlscale.monitor import (MetricsLog, Progress, StepTimer, plot_curves, plot_similarity_histograms,
+                                   read_metrics, run_title)
     from dmlscale.monitor.wandb_run import WandbRun
 
     checkpoint_dir = run.run_dir / CHECKPOINTS
@@ -298,7 +299,8 @@ def _train_session(config: Config, run: Run, plan, started: float) -> dict:
 
         export_weights(checkpoint_dir, run.run_dir / "export")
     if run.rank == 0 and config.monitor.plots:
-        plots = [plot_curves(read_metrics(run.run_dir / "metrics.jsonl"), run.run_dir / "plots" / "curves.png")]
+        plots = [plot_curves(read_metrics(run.run_dir / "metrics.jsonl"), run.run_dir / "plots" / "curves.png",
+                             title=run_title(config.name, run.run_dir))]
         if "_pos" in final:
             plots.append(plot_similarity_histograms(final["_pos"], final["_neg"],
                                                     run.run_dir / "plots" / "similarity.png", step=total))

@@ -35,3 +35,49 @@ def test_every_command_help_answers_without_importing_torch():
 def test_demo_rejects_a_bad_thread_count(capsys):
     assert cli.main(["demo", "--threads", "0"]) == 2
     assert "--threads must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_demo_trains_every_listed_loss_and_miner_and_refuses_the_rest(capsys):
+    """Each name `--help` offers trains (2 steps); every other public loss or miner is one error line, exit 2."""
+    import dmlscale.losses
+    import dmlscale.miners
+    from dmlscale.demo_choices import DEMO_LOSSES, DEMO_MINERS, NOT_IN_DEMO
+
+    runs = [["--loss", name] for name in DEMO_LOSSES] + [["--miner", name] for name in DEMO_MINERS]
+    for options in runs:
+        assert cli.main(["demo", *options, "--steps", "2", "--print-every", "100"]) == 0, options
+        out = capsys.readouterr().out
+        assert f"dmlscale demo: {options[1] if options[0] == '--loss' else 'TripletMarginLoss + ' + options[1]}," in out
+        assert "held-out precision@1" in out, (options, out)
+
+    public_losses = {name for name in dmlscale.losses.__all__ if name.endswith("Loss") or name == "BaseMetricLossFunction"}
+    public_miners = {name for name in dmlscale.miners.__all__ if name.endswith("Miner")}
+    # a loss or miner added to the library is either offered by the demo or excluded with a reason
+    assert public_losses - set(DEMO_LOSSES) == {n for n in NOT_IN_DEMO if n in public_losses}
+    assert public_miners - set(DEMO_MINERS) == {n for n in NOT_IN_DEMO if n in public_miners}
+    assert set(DEMO_LOSSES) <= public_losses and set(DEMO_MINERS) <= public_miners
+    refused = [("--loss", name) for name in sorted(public_losses - set(DEMO_LOSSES))]
+    refused += [("--miner", name) for name in sorted(public_miners - set(DEMO_MINERS))] + [("--miner", "NoSuchMiner")]
+    assert ("--loss", "ClipLoss") in refused and ("--miner", "BaseMiner") in refused
+    for option, name in refused:
+        assert cli.main(["demo", option, name, "--steps", "1"]) == 2, name
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"dmlscale demo: error: {option} {name!r} is not one the demo offers"), lines
+        allowed = DEMO_LOSSES if option == "--loss" else DEMO_MINERS
+        assert lines[0].endswith(f"allowed: {list(allowed)}") and name not in allowed
+        assert "held-out" not in captured.out
+
+
+def test_demo_help_lists_exactly_the_trainable_names(capsys):
+    import pytest
+
+    from dmlscale.demo_choices import DEMO_LOSSES, DEMO_MINERS
+
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in DEMO_LOSSES + DEMO_MINERS:
+        assert name in text
+    for name in ("ClipLoss", "SigLipLoss", "GenericPairLoss", "BaseMiner"):
+        assert name not in text

@@ -1,0 +1,30 @@
+"""The losses and miners `dmlscale demo` offers, importing nothing (its `--help` lists them before torch loads).
+
+The demo trains labelled embeddings, so it offers the losses and miners of dmlscale.losses / dmlscale.miners
+that take (embeddings, labels); the others are named here with the reason (a test runs every listed name and
+checks that every other public name is refused)."""
+
+from __future__ import annotations
+
+DEMO_LOSSES = ("BatchAllTripletLoss", "BatchHardTripletLoss", "BinomialDevianceLoss", "CenterLoss", "CircleLoss",
+               "ContrastiveLoss", "DistanceWeightedMarginLoss", "GaussianWeightedNegativeLoss", "HardPairLoss",
+               "MultiSimilarityLoss", "NCALoss", "NTXentLoss", "SoftMarginTripletLoss", "SupConLoss",
+               "TripletMarginLoss")
+DEMO_MINERS = ("BatchEasyHardMiner", "BatchHardMiner", "DistanceWeightedMiner", "MultiSimilarityMiner",
+               "PairMarginMiner", "TripletMarginMiner")
+NOT_IN_DEMO = {
+    "ClipLoss": "it scores image-text feature pairs, not labelled embeddings; `dmlscale train` trains CLIP",
+    "SigLipLoss": "it scores image-text feature pairs, not labelled embeddings; "
+                  "`dmlscale train loss.name=siglip` trains SigLIP",
+    "GenericPairLoss": "it is the base class of the pair losses, not a loss to train",
+    "BaseMetricLossFunction": "it is the base class of every loss, not a loss to train",
+    "BaseMiner": "it is the base class of every miner, not a miner to use",
+}
+
+
+def check_choice(option: str, name: str | None, allowed: tuple[str, ...]) -> None:
+    """ValueError naming `name`, why the demo cannot use it (when known) and the allowed names."""
+    if name is None or name in allowed:
+        return
+    reason = f": {NOT_IN_DEMO[name]}" if name in NOT_IN_DEMO else ""
+    raise ValueError(f"{option} {name!r} is not one the demo offers{reason}; allowed: {list(allowed)}")
