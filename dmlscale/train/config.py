@@ -14,9 +14,15 @@ from typing import Literal
 
 import yaml
 
-from dmlscale import components
 from dmlscale.train.schema import Section, apply_overrides, parse_override, section_from_dict  # noqa: F401
 
+
+
+def _components():
+    """dmlscale.components, imported on first use: it loads torch, which `dmlscale train --help` must not."""
+    from dmlscale import components
+
+    return components
 
 
 class ConfigWarning(UserWarning):
@@ -110,13 +116,13 @@ class LossConfig(Section):
     def check(self) -> None:
         self._require(self.memory_size >= 0, "memory_size", "an int >= 0")
         self._upgrade_legacy_keys()
-        loss_cls = components.resolve_class("loss", self.name, key="name")
-        components.check_options(loss_cls, self.options, key="options", provided=("embedding_size",))
+        loss_cls = _components().resolve_class("loss", self.name, key="name")
+        _components().check_options(loss_cls, self.options, key="options", provided=("embedding_size",))
         if self.miner is not None:
-            miner_cls = components.resolve_class("miner", self.miner.name, key="miner.name")
-            components.check_options(miner_cls, self.miner.options, key="miner.options")
+            miner_cls = _components().resolve_class("miner", self.miner.name, key="miner.name")
+            _components().check_options(miner_cls, self.miner.options, key="miner.options")
         for key in ("miner", "memory_size"):
-            if self.name in components.IMAGE_TEXT_LOSSES and getattr(self, key):
+            if self.name in _components().IMAGE_TEXT_LOSSES and getattr(self, key):
                 raise ValueError(f"{key}={getattr(self, key)!r} needs a label loss; name={self.name!r} takes "
                                  f"(image, text) pairs")
 
@@ -136,7 +142,7 @@ class LossConfig(Section):
             else:
                 self.miner = ComponentConfig(name=self.miner)
         cls_name, implied = LEGACY_LOSSES.get(self.name, (self.name, {}))
-        accepted = components.accepted_options(components.resolve_class("loss", cls_name, key="name"))
+        accepted = _components().accepted_options(_components().resolve_class("loss", cls_name, key="name"))
         for key in LEGACY_OPTIONS:
             value = getattr(self, key)
             if value is None:
@@ -286,9 +292,9 @@ class Config(Section):
         if self.run_dir is None:
             self.run_dir = str(Path("runs") / self.name)
         image_text = self.data.task == "image_text"
-        if (self.loss.name in components.IMAGE_TEXT_LOSSES) != image_text:
-            allowed = (list(components.IMAGE_TEXT_LOSSES) if image_text
-                       else sorted(set(components.component_classes("loss")) - set(components.IMAGE_TEXT_LOSSES)))
+        if (self.loss.name in _components().IMAGE_TEXT_LOSSES) != image_text:
+            allowed = (list(_components().IMAGE_TEXT_LOSSES) if image_text
+                       else sorted(set(_components().component_classes("loss")) - set(_components().IMAGE_TEXT_LOSSES)))
             raise ValueError(f"loss.name={self.loss.name!r} does not fit data.task={self.data.task!r}; "
                              f"allowed for that task: {allowed}")
         self._check_loss_builds()
@@ -317,10 +323,10 @@ class Config(Section):
     def _check_loss_builds(self) -> None:
         """Build the loss and miner once, so that a bad option value fails here, naming its key."""
         loss = self.loss
-        built = components.build_component("loss", {"name": loss.name, "options": loss.options}, key="loss",
+        built = _components().build_component("loss", {"name": loss.name, "options": loss.options}, key="loss",
                                            context={"embedding_size": self.model.embed_dim})
         if loss.miner is not None:
-            components.build_component("miner", dataclasses.asdict(loss.miner), key="loss.miner")
+            _components().build_component("miner", dataclasses.asdict(loss.miner), key="loss.miner")
         trainable = [name for name, param in built.named_parameters() if param.requires_grad]
         if trainable:
             raise ValueError(f"loss.name={loss.name!r} has trainable parameters ({', '.join(trainable)}); the trainer "
