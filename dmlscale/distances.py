@@ -10,6 +10,8 @@ closer); `margin`, `smallest_dist` and `largest_dist` let losses be written once
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -76,16 +78,19 @@ class BaseDistance(ModuleWithRecords):
                     f"query and reference embedding sizes differ: {query_emb.shape[1]} vs {ref_emb.shape[1]}"
                 )
 
-    def normalize(self, embeddings: torch.Tensor, dim: int = 1, **kwargs) -> torch.Tensor:
+    def normalize(self, embeddings: torch.Tensor, dim: int = 1, **kwargs: float | torch.Tensor | None) -> torch.Tensor:
         return F.normalize(embeddings, p=self.p, dim=dim, **kwargs)
 
-    def maybe_normalize(self, embeddings: torch.Tensor, dim: int = 1, **kwargs) -> torch.Tensor:
+    def maybe_normalize(self, embeddings: torch.Tensor, dim: int = 1,
+                        **kwargs: float | torch.Tensor | None) -> torch.Tensor:
         return self.normalize(embeddings, dim=dim, **kwargs) if self.normalize_embeddings else embeddings
 
-    def get_norm(self, embeddings: torch.Tensor, dim: int = 1, **kwargs) -> torch.Tensor:
+    def get_norm(self, embeddings: torch.Tensor, dim: int = 1,
+                 **kwargs: bool | torch.dtype | torch.Tensor | None) -> torch.Tensor:
         return torch.linalg.vector_norm(embeddings, ord=self.p, dim=dim, **kwargs)
 
-    def set_default_stats(self, query_emb, ref_emb, query_normed, ref_normed) -> None:
+    def set_default_stats(self, query_emb: torch.Tensor, ref_emb: torch.Tensor, query_normed: torch.Tensor,
+                          ref_normed: torch.Tensor) -> None:
         if not self.collect_stats:
             return
         with torch.no_grad():
@@ -98,11 +103,12 @@ class BaseDistance(ModuleWithRecords):
                 }
             )
 
-    def smallest_dist(self, *args, **kwargs):
-        """The 'closest' value: min for distances, max for similarities."""
+    def smallest_dist(self, *args: torch.Tensor | int, **kwargs: int | bool) -> Any:
+        """The 'closest' value: min for distances, max for similarities. Returns what torch.max/torch.min
+        return for these arguments: a tensor, or (values, indices) when reducing over `dim`."""
         return torch.max(*args, **kwargs) if self.is_inverted else torch.min(*args, **kwargs)
 
-    def largest_dist(self, *args, **kwargs):
+    def largest_dist(self, *args: torch.Tensor | int, **kwargs: int | bool) -> Any:
         """The 'farthest' value: max for distances, min for similarities."""
         return torch.min(*args, **kwargs) if self.is_inverted else torch.max(*args, **kwargs)
 
@@ -120,7 +126,7 @@ class BaseDistance(ModuleWithRecords):
 class LpDistance(BaseDistance):
     """d(q, r) = ||q - r||_p (after optional L_p normalisation)."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: bool | float) -> None:
         super().__init__(**kwargs)
         if self.is_inverted:
             raise ValueError("LpDistance is a distance: is_inverted must be False")
@@ -137,7 +143,7 @@ class LpDistance(BaseDistance):
 class DotProductSimilarity(BaseDistance):
     """s(q, r) = q . r. With the default normalize_embeddings=True this is the cosine similarity."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: bool | float) -> None:
         if kwargs.get("is_inverted", True) is not True:
             raise ValueError("DotProductSimilarity is a similarity: is_inverted must be True")
         kwargs["is_inverted"] = True
@@ -153,7 +159,7 @@ class DotProductSimilarity(BaseDistance):
 class CosineSimilarity(DotProductSimilarity):
     """s(q, r) = q . r / (||q|| ||r||): a dot product of normalised embeddings."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: bool | float) -> None:
         if kwargs.get("normalize_embeddings", True) is not True:
             raise ValueError("CosineSimilarity requires normalize_embeddings=True")
         super().__init__(**kwargs)
@@ -166,7 +172,7 @@ class SNRDistance(BaseDistance):
     var(q - r) = (|q_c|^2 + |r_c|^2 - 2 q_c . r_c) / (D - 1), with x_c = x - mean(x).
     """
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, **kwargs: bool | float) -> None:
         super().__init__(**kwargs)
         if self.is_inverted:
             raise ValueError("SNRDistance is a distance: is_inverted must be False")
@@ -201,7 +207,7 @@ class ModuleWithDistance(ModuleWithRecords):
     def get_default_distance(self) -> BaseDistance:
         return LpDistance(p=2)
 
-    def require_distance(self, allowed: type | tuple[type, ...], **settings) -> None:
+    def require_distance(self, allowed: type | tuple[type, ...], **settings: object) -> None:
         """Raise a ValueError naming the distance when it is not of the allowed type/settings."""
         allowed_types = allowed if isinstance(allowed, tuple) else (allowed,)
         names = " or ".join(t.__name__ for t in allowed_types)

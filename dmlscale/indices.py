@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 
-def resolve_query_ref_index(labels: torch.Tensor, ref_labels: torch.Tensor | None, query_ref_index):
+def resolve_query_ref_index(labels: torch.Tensor, ref_labels: torch.Tensor | None,
+                            query_ref_index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(ref_labels, query_ref_index) with the defaults above filled in."""
     if query_ref_index is None:
         if ref_labels is None:
@@ -24,7 +25,7 @@ def resolve_query_ref_index(labels: torch.Tensor, ref_labels: torch.Tensor | Non
     return (labels if ref_labels is None else ref_labels), query_ref_index
 
 
-def self_pairs(query_ref_index: torch.Tensor):
+def self_pairs(query_ref_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows, cols) of the self pairs (i, query_ref_index[i]) that exist."""
     rows = torch.where(query_ref_index >= 0)[0]
     return rows, query_ref_index[rows]
@@ -37,7 +38,8 @@ def self_mask(query_ref_index: torch.Tensor, num_ref: int) -> torch.Tensor:
     return mask_BR
 
 
-def check_indices_tuple(indices_tuple, num_query: int, num_ref: int) -> None:
+def check_indices_tuple(indices_tuple: tuple[torch.Tensor, ...] | list[torch.Tensor] | None, num_query: int,
+                        num_ref: int) -> None:
     """Validate a pair (4) or triplet (3) tuple against the batch sizes, naming the bad entry."""
     if indices_tuple is None:
         return
@@ -61,7 +63,7 @@ def check_indices_tuple(indices_tuple, num_query: int, num_ref: int) -> None:
 
 
 def matches_and_diffs(labels: torch.Tensor, ref_labels: torch.Tensor | None = None,
-                      query_ref_index: torch.Tensor | None = None):
+                      query_ref_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Boolean B x R masks of same-label pairs (self pairs removed) and different-label pairs."""
     ref_labels, query_ref_index = resolve_query_ref_index(labels, ref_labels, query_ref_index)
     same_BR = labels[:, None] == ref_labels[None, :]
@@ -70,8 +72,9 @@ def matches_and_diffs(labels: torch.Tensor, ref_labels: torch.Tensor | None = No
     return same_BR, diff_BR
 
 
-def all_pairs(labels: torch.Tensor, ref_labels: torch.Tensor | None = None,
-              query_ref_index: torch.Tensor | None = None):
+def all_pairs(
+    labels: torch.Tensor, ref_labels: torch.Tensor | None = None, query_ref_index: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(a1, p, a2, n) for every positive and every negative pair, in row-major order."""
     same_BR, diff_BR = matches_and_diffs(labels, ref_labels, query_ref_index)
     a1, p = torch.where(same_BR)
@@ -80,7 +83,7 @@ def all_pairs(labels: torch.Tensor, ref_labels: torch.Tensor | None = None,
 
 
 def all_triplets(labels: torch.Tensor, ref_labels: torch.Tensor | None = None,
-                 query_ref_index: torch.Tensor | None = None):
+                 query_ref_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every (a, p, n) triplet, ordered by a, then p, then n.
 
     Built from the pair lists with repeat_interleave: memory is the number of triplets, never the
@@ -101,7 +104,9 @@ def all_triplets(labels: torch.Tensor, ref_labels: torch.Tensor | None = None,
     return a_T, p_T, n_T
 
 
-def convert_to_pairs(indices_tuple, labels, ref_labels=None, query_ref_index=None):
+def convert_to_pairs(indices_tuple: tuple[torch.Tensor, ...] | None, labels: torch.Tensor | None,
+                     ref_labels: torch.Tensor | None = None,
+                     query_ref_index: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """Any tuple (or None: all pairs from labels) as (a1, p, a2, n)."""
     if indices_tuple is None:
         return all_pairs(labels, ref_labels, query_ref_index)
@@ -111,7 +116,9 @@ def convert_to_pairs(indices_tuple, labels, ref_labels=None, query_ref_index=Non
     return a, p, a, n
 
 
-def convert_to_triplets(indices_tuple, labels, ref_labels=None, triplets_per_anchor="all", *, query_ref_index=None):
+def convert_to_triplets(indices_tuple: tuple[torch.Tensor, ...] | None, labels: torch.Tensor | None,
+                        ref_labels: torch.Tensor | None = None, triplets_per_anchor: int | str = "all", *,
+                        query_ref_index: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """Any tuple (or None: triplets from labels) as (a, p, n); pairs join on a shared anchor."""
     if indices_tuple is None:
         if triplets_per_anchor == "all":
@@ -125,8 +132,9 @@ def convert_to_triplets(indices_tuple, labels, ref_labels=None, triplets_per_anc
     return a1[pos_idx], p[pos_idx], n[neg_idx]
 
 
-def random_triplets(labels, ref_labels=None, triplets_per_anchor: int | None = None, weights_BR=None, *,
-                    query_ref_index=None):
+def random_triplets(labels: torch.Tensor, ref_labels: torch.Tensor | None = None,
+                    triplets_per_anchor: int | None = None, weights_BR: torch.Tensor | None = None, *,
+                    query_ref_index: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """Sample `triplets_per_anchor` (default: the number of positives) triplets per anchor, label by label.
 
     Positives uniformly among the anchor's positives (self pair excluded); negatives uniformly, or by
@@ -202,7 +210,8 @@ def random_triplets(labels, ref_labels=None, triplets_per_anchor: int | None = N
     return tuple(torch.cat(x).to(device=device, dtype=torch.long) for x in (parts_a, parts_p, parts_n))
 
 
-def pair_masks(indices_tuple, num_query: int, num_ref: int, dtype, device):
+def pair_masks(indices_tuple: tuple[torch.Tensor, ...], num_query: int, num_ref: int, dtype: torch.dtype,
+               device: torch.device | str | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense 0/1 masks (B x R) of the positive and negative pairs in a (a1, p, a2, n) tuple."""
     a1, p, a2, n = indices_tuple
     pos_BR = torch.zeros(num_query, num_ref, dtype=dtype, device=device)
@@ -214,7 +223,8 @@ def pair_masks(indices_tuple, num_query: int, num_ref: int, dtype, device):
     return pos_BR, neg_BR
 
 
-def anchor_weights(indices_tuple, num_query: int, dtype, device, using_ref: bool = False) -> torch.Tensor:
+def anchor_weights(indices_tuple: tuple[torch.Tensor, ...] | None, num_query: int, dtype: torch.dtype,
+                   device: torch.device | str | None, using_ref: bool = False) -> torch.Tensor:
     """Weight per query row: how often it appears in indices_tuple, divided by the largest count (1 if none)."""
     weights_B = torch.zeros(num_query, dtype=dtype, device=device)
     if indices_tuple is None or all(len(x) == 0 for x in indices_tuple):
@@ -228,7 +238,9 @@ def anchor_weights(indices_tuple, num_query: int, dtype, device, using_ref: bool
     return weights_B
 
 
-def tuple_to_reference_rows(indices_tuple, ref_row_B: torch.Tensor):
+def tuple_to_reference_rows(
+    indices_tuple: tuple[torch.Tensor, ...], ref_row_B: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
     """Map a tuple over the query batch to (queries, references): the positives and negatives (batch
     rows) become the reference rows `ref_row_B` says hold those samples (a rank's global rows, or the
     memory slots a batch was written to); anchors stay query rows."""

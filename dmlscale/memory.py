@@ -65,7 +65,10 @@ class CrossBatchMemory(torch.nn.Module):
             return self.embedding_memory, self.label_memory
         return self.embedding_memory[: self.queue_idx], self.label_memory[: self.queue_idx]
 
-    def split_batch(self, embeddings, labels, indices_tuple, enqueue_mask):
+    def split_batch(
+        self, embeddings: torch.Tensor, labels: torch.Tensor | None, indices_tuple: tuple[torch.Tensor, ...] | None,
+        enqueue_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool]:
         """Validate and return (queries, query labels, rows to enqueue, their labels, queries-are-enqueued)."""
         check_embeddings("embeddings", embeddings)
         if labels is None:
@@ -82,7 +85,10 @@ class CrossBatchMemory(torch.nn.Module):
             raise ValueError(f"enqueue_mask must be a bool tensor of shape {tuple(labels.shape)}, got {enqueue_mask!r}")
         return embeddings[~enqueue_mask], labels[~enqueue_mask], embeddings[enqueue_mask], labels[enqueue_mask], False
 
-    def loss_against_memory(self, queries, query_labels, query_slots, indices_tuple, *, reduce: bool = True):
+    def loss_against_memory(
+        self, queries: torch.Tensor, query_labels: torch.Tensor, query_slots: torch.Tensor,
+        indices_tuple: tuple[torch.Tensor, ...] | None, *, reduce: bool = True,
+    ) -> torch.Tensor | dict:
         """Loss (or its local loss dict when reduce=False) of the queries against the filled memory.
 
         A given `indices_tuple` indexes the current batch; its positives/negatives are mapped to the
@@ -97,8 +103,9 @@ class CrossBatchMemory(torch.nn.Module):
             return self.loss(queries, query_labels, indices_tuple, mem_emb, mem_labels, query_ref_index=query_slots)
         return self.loss.loss_dict(queries, query_labels, indices_tuple, mem_emb, mem_labels, query_ref_index=query_slots)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, indices_tuple=None,
-                enqueue_mask: torch.Tensor | None = None):
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                indices_tuple: tuple[torch.Tensor, ...] | None = None,
+                enqueue_mask: torch.Tensor | None = None) -> torch.Tensor | dict:
         queries, query_labels, to_queue, queue_labels, queries_enqueued = self.split_batch(
             embeddings, labels, indices_tuple, enqueue_mask)
         slots = self.enqueue(to_queue, queue_labels)
@@ -106,7 +113,7 @@ class CrossBatchMemory(torch.nn.Module):
         return self.loss_against_memory(queries, query_labels, query_slots, indices_tuple)
 
 
-def concatenate_tuples(first, second):
+def concatenate_tuples(first: tuple[torch.Tensor, ...], second: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """Join two index tuples of the same arity (a user tuple added to the mined one)."""
     if len(first) != len(second):
         raise ValueError(f"cannot join an indices_tuple of length {len(second)} to mined tuples of length {len(first)}")

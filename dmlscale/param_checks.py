@@ -20,7 +20,7 @@ def describe_real(*, minimum: float | None, strict: bool, finite: bool) -> str:
     return f"{what} {'>' if strict else '>='} {minimum}"
 
 
-def check_real(owner: str, name: str, value, *, minimum: float | None = None, strict: bool = False,
+def check_real(owner: str, name: str, value: object, *, minimum: float | None = None, strict: bool = False,
                finite: bool = True) -> float:
     """Return `value` as a float; raise unless it is a real number (finite unless finite=False),
     >= minimum (> when strict). NaN never satisfies a minimum."""
@@ -37,12 +37,12 @@ def check_real(owner: str, name: str, value, *, minimum: float | None = None, st
     return float(value)
 
 
-def check_positive(owner: str, name: str, value) -> float:
+def check_positive(owner: str, name: str, value: object) -> float:
     """Return `value` as a float; raise unless it is a number > 0 (infinity allowed, NaN not)."""
     return check_real(owner, name, value, minimum=0, strict=True, finite=False)
 
 
-def check_positive_int(owner: str, name: str, value, *, alternatives: tuple = ()) -> int:
+def check_positive_int(owner: str, name: str, value: object, *, alternatives: tuple = ()) -> int:
     """Return `value`; raise unless it is an int >= 1 (bools rejected) or one of `alternatives`
     (such as "all")."""
     if alternatives and value in alternatives:
@@ -53,7 +53,7 @@ def check_positive_int(owner: str, name: str, value, *, alternatives: tuple = ()
     return value
 
 
-def check_real_range(owner: str, name: str, value) -> tuple[float, float] | None:
+def check_real_range(owner: str, name: str, value: object) -> tuple[float, float] | None:
     """Return `value`; raise unless it is None or a (low, high) pair of real numbers with low <= high."""
     if value is None:
         return None

@@ -8,6 +8,10 @@ missing or empty captions and unparsable labels are reasons, never exceptions.
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 TASKS = ("image_text", "image_label")
@@ -16,7 +20,7 @@ TASKS = ("image_text", "image_label")
 class BadSample(Exception):
     """Raised by decode_sample; `reason` is the counter name ("bad image", "missing caption", ...)."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
 
@@ -47,7 +51,7 @@ def _target(fields: dict[str, bytes], task: str):
         raise BadSample("bad label") from None
 
 
-def decode_sample(fields: dict[str, bytes], *, task: str, max_image_pixels: int):
+def decode_sample(fields: dict[str, bytes], *, task: str, max_image_pixels: int) -> tuple[PIL.Image.Image, str | int]:
     """(image, target): the image as a decoded PIL RGB image, the target a str caption or an int
     label. Raises BadSample."""
     from PIL import Image, UnidentifiedImageError

@@ -12,11 +12,15 @@ import hashlib
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dmlscale.data.shards import write_shards
 from dmlscale.param_checks import check_positive_int
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 DIGIT_CLASSNAMES: list[str] = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -40,7 +44,7 @@ DIGIT_SPLITS = ("train", "test")
 _MAX_INK = 16  # load_digits pixel values run from 0 (blank) to 16 (full ink)
 
 
-def render_digit(pixels_88: np.ndarray, image_size: int = 32):
+def render_digit(pixels_88: np.ndarray, image_size: int = 32) -> PIL.Image.Image:
     """PIL RGB image of one 8x8 digit (values 0..16): paper 255 minus ink, each pixel a nearest-neighbour
     block of image_size / 8 (uneven blocks when image_size is not a multiple of 8)."""
     from PIL import Image
@@ -80,7 +84,7 @@ def digit_key(index: int) -> str:
 class DigitsSamples:
     """Iterable of one split's samples, re-iterable and sized (for progress bars)."""
 
-    def __init__(self, split: str, *, seed: int = 0, image_size: int = 32, test_fraction: float = 0.25):
+    def __init__(self, split: str, *, seed: int = 0, image_size: int = 32, test_fraction: float = 0.25) -> None:
         if split not in DIGIT_SPLITS:
             raise ValueError(f"digits_samples: split must be one of {list(DIGIT_SPLITS)}, got {split!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):

@@ -26,16 +26,21 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from dmlscale.data.accounting import merge_totals
 from dmlscale.data.decode import TASKS
 from dmlscale.data.plan import SlotLayout
 from dmlscale.data.segments import length, remaining
-from dmlscale.data.shard_list import ShardSet, check_missing_shards, list_shards
+from dmlscale.data.shard_list import ShardSet, ShardSources, check_missing_shards, list_shards
 from dmlscale.data.slot_stream import SlotStream, StreamConfig
 from dmlscale.data.stream_state import StreamState
 from dmlscale.data.text_encoding import TextEncoder
 from dmlscale.param_checks import check_positive_int, check_real
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 MODES = ("epoch", "resampled")
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000  # well above any training image, far below a decompression bomb
@@ -50,13 +55,15 @@ def _check_int(name: str, value, minimum: int) -> int:
 class Loader:
     """Iterable of batch dicts; see make_loader for the arguments."""
 
-    def __init__(self, sources, *, batch_size: int, rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                 seed: int = 0, mode: str = "epoch", task: str = "image_text", image_transform: Callable | None = None,
-                 tokenizer=None, context_length: int = 77, shuffle_buffer: int = 1000,
+    def __init__(self, sources: ShardSet | ShardSources, *, batch_size: int, rank: int = 0, world_size: int = 1,
+                 num_workers: int = 0, seed: int = 0, mode: str = "epoch", task: str = "image_text",
+                 image_transform: Callable | None = None,
+                 tokenizer: Callable[[list[str]], torch.Tensor] | PreTrainedTokenizerBase | None = None,
+                 context_length: int = 77, shuffle_buffer: int = 1000,
                  samples_per_epoch: int | None = None, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
                  max_skip_fraction: float = 0.1, skip_check_after: int = 1000, log_interval_s: float = 30.0,
                  pin_memory: bool = False, prefetch_factor: int = 4, multiprocessing_context: str | None = None,
-                 local_skip_check: bool = True, missing_shards: str = "error"):
+                 local_skip_check: bool = True, missing_shards: str = "error") -> None:
         check_positive_int("make_loader", "batch_size", batch_size)
         check_positive_int("make_loader", "world_size", world_size)
         if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
@@ -223,7 +230,7 @@ class Loader:
         return self.totals()["skipped"]
 
 
-def make_loader(sources, **options) -> Loader:
+def make_loader(sources: ShardSet | ShardSources, **options: object) -> Loader:
     """A Loader over `sources` ("dir/{000000..000009}.tar", "a.tar::b.tar", a list of patterns, or a
     list of (pattern, weight) pairs for mode="resampled"). Options:
 

@@ -95,7 +95,7 @@ class EpochPlan:
     in stream order, as if they were the whole stream. None: the whole epoch."""
 
     def __init__(self, shard_set: ShardSet, layout: SlotLayout, seed: int, epoch: int,
-                 available: tuple[tuple[int, int], ...] | None = None):
+                 available: tuple[tuple[int, int], ...] | None = None) -> None:
         self.sizes = [shard.num_samples for shard in shard_set.shards]
         self.layout, self.epoch_total = layout, sum(self.sizes)
         self.order = generator(seed, epoch, SHARD_ORDER).permutation(len(self.sizes))

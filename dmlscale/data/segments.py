@@ -23,7 +23,7 @@ from dmlscale.data.slot_stream import SlotStream, StreamConfig
 SEGMENT_FIELDS = ("world_size", "num_workers", "batch_size", "num_batches", "batches_consumed")
 
 
-def check_segment(segment, index: int) -> dict:
+def check_segment(segment: object, index: int) -> dict:
     """`segment` as a dict of ints; ValueError naming the first bad field."""
     if not isinstance(segment, dict):
         raise ValueError(f"data stream state: segments[{index}] must be a dict, got {segment!r:.80}")

@@ -20,6 +20,7 @@ import os
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from braceexpand import braceexpand
 
@@ -29,6 +30,11 @@ LOG = logging.getLogger("dmlscale.data")
 SIZES_FILE = "sizes.json"
 MISSING_SHARD, NOT_A_TAR = "missing shard", "not a tar"
 MISSING_SHARDS = ("error", "skip")
+
+# what list_shards accepts: a pattern ("a/{0..9}.tar::b.tar"), or a list of patterns or of (pattern, weight)
+ShardSources: TypeAlias = (
+    str | os.PathLike[str] | Sequence[str | os.PathLike[str] | tuple[str | os.PathLike[str], float]]
+)
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,7 @@ class ShardSet:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def parse_sources(sources) -> list[tuple[list[str], float]]:
+def parse_sources(sources: ShardSources) -> list[tuple[list[str], float]]:
     """[(patterns, weight), ...] from "a/{0..9}.tar::b/{0..3}.tar" (open_clip's '::' list), a list of
     such strings, or a list of (pattern, weight) pairs. Weights default to 1."""
     if isinstance(sources, (str, os.PathLike)):
@@ -105,13 +111,13 @@ def _sizes_for_folder(folder: str, cache: dict) -> dict:
     return cache[folder]
 
 
-def check_missing_shards(value) -> str:
+def check_missing_shards(value: object) -> str:
     if value not in MISSING_SHARDS:
         raise ValueError(f"missing_shards must be one of {MISSING_SHARDS}, got {value!r}")
     return value
 
 
-def list_shards(sources, *, missing_shards: str = "error") -> ShardSet:
+def list_shards(sources: ShardSources, *, missing_shards: str = "error") -> ShardSet:
     """Expand `sources` into shards with sample counts; a missing file or one that is not a tar raises
     ValueError, or with missing_shards="skip" becomes a shard of skips (see the module docstring)."""
     check_missing_shards(missing_shards)

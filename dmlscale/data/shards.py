@@ -26,8 +26,12 @@ import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dmlscale.param_checks import check_positive_int
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 SIZES_FILE = "sizes.json"
 # member extension -> order inside a sample; img2dataset writes the image first
@@ -39,7 +43,7 @@ def shard_name(index: int, prefix: str = "") -> str:
     return f"{prefix}{index:06d}.tar"
 
 
-def check_key(key) -> str:
+def check_key(key: object) -> str:
     """Return `key`; raise unless it is a non-empty str without "." or "/" (WebDataset splits on the
     first dot of a member name, and a slash would make a folder inside the tar)."""
     if not isinstance(key, str) or not key or "." in key or "/" in key or "\\" in key or "\x00" in key:
@@ -47,7 +51,7 @@ def check_key(key) -> str:
     return key
 
 
-def encode_jpeg(image, *, quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
+def encode_jpeg(image: PIL.Image.Image, *, quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
     """JPEG bytes of a PIL image, converted to RGB, without chroma subsampling (4:4:4) so that
     thin strokes keep their colour; deterministic for a given Pillow build."""
     buffer = io.BytesIO()

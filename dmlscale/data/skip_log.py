@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 
 LOG = logging.getLogger("dmlscale.data")
 
@@ -26,7 +27,7 @@ class DirtyDataError(RuntimeError):
 
 class SkipLog:
     def __init__(self, *, max_skip_fraction: float, check_after: int, log_interval_s: float,
-                 where: str = "", clock=time.monotonic, local_check: bool = True):
+                 where: str = "", clock: Callable[[], float] = time.monotonic, local_check: bool = True) -> None:
         self.max_skip_fraction, self.check_after = max_skip_fraction, check_after
         self.log_interval_s, self.where, self.clock = log_interval_s, where, clock
         self.local_check = local_check

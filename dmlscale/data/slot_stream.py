@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from dmlscale.data.plan import SAMPLE_BUFFER, EpochPlan, SlotLayout, batches_bef
 from dmlscale.data.shard_list import ShardSet
 from dmlscale.data.skip_log import DirtyDataError, SkipLog
 from dmlscale.data.tar_reader import RawSample, count_samples, read_samples
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ def shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
     yield from buffer
 
 
-def pil_to_tensor(image) -> torch.Tensor:
+def pil_to_tensor(image: PIL.Image.Image) -> torch.Tensor:
     """Float C x H x W in [0, 1], the default when no image_transform is given."""
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
 
@@ -69,7 +73,7 @@ def pil_to_tensor(image) -> torch.Tensor:
 class SlotStream(IterableDataset):
     """Yields this slot's batches of `epoch` from the rank's batch number `start_batch` on."""
 
-    def __init__(self, config: StreamConfig, epoch: int, start_batch: int):
+    def __init__(self, config: StreamConfig, epoch: int, start_batch: int) -> None:
         self.config, self.epoch, self.start_batch = config, epoch, start_batch
 
     def __iter__(self) -> Iterator[dict]:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 class TextEncoder:
@@ -12,7 +18,8 @@ class TextEncoder:
     tokenizers are padded and truncated to `context_length`. A class, not a closure, so that
     DataLoader workers started with "spawn" can pickle it."""
 
-    def __init__(self, tokenizer, *, context_length: int = 77):
+    def __init__(self, tokenizer: Callable[[list[str]], torch.Tensor] | PreTrainedTokenizerBase, *,
+                 context_length: int = 77) -> None:
         if not callable(tokenizer):
             raise ValueError(f"tokenizer must be callable (open_clip or transformers), got {tokenizer!r}")
         self.tokenizer, self.context_length = tokenizer, context_length

@@ -7,15 +7,19 @@ process too, where it is the identity.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 _DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
            torch.int8, torch.uint8, torch.bool]
 _MAX_DIMS = 6
 
 
-def world_rank_and_size(group=None) -> tuple[int, int]:
+def world_rank_and_size(group: dist.ProcessGroup | None = None) -> tuple[int, int]:
     """(rank, world size) in the group; (0, 1) when no process group is running."""
     if not (dist.is_available() and dist.is_initialized()):
         return 0, 1
@@ -29,7 +33,7 @@ def _describe(meta_row: list[int]) -> str:
     return f"shape {shape} {dtype}"
 
 
-def gather_sizes(x: torch.Tensor, group=None, *, name: str = "tensor") -> list[int]:
+def gather_sizes(x: torch.Tensor, group: dist.ProcessGroup | None = None, *, name: str = "tensor") -> list[int]:
     """Every rank's number of rows of `x`, after checking that all ranks agree on the trailing shape
     and dtype. A disagreement raises the same ValueError on every rank (naming ranks and shapes),
     before any data collective could hang or crash."""
@@ -80,7 +84,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
         return grad_ND[start : start + ctx.sizes[ctx.rank]], None, None, None
 
 
-def all_gather_with_grad(x_nD: torch.Tensor, group=None, *, name: str = "embeddings",
+def all_gather_with_grad(x_nD: torch.Tensor, group: dist.ProcessGroup | None = None, *, name: str = "embeddings",
                          sizes: list[int] | None = None) -> torch.Tensor:
     """All ranks' rows of x, concatenated in rank order (N x ...); local sizes may differ. `sizes`:
     the result of `gather_sizes` for this very tensor, when the caller already has it (skips a collective).
@@ -97,7 +101,7 @@ def all_gather_with_grad(x_nD: torch.Tensor, group=None, *, name: str = "embeddi
     return _AllGatherWithGrad.apply(x_nD, sizes, rank, group)
 
 
-def all_gather_no_grad(x_n: torch.Tensor, group=None, *, name: str = "tensor",
+def all_gather_no_grad(x_n: torch.Tensor, group: dist.ProcessGroup | None = None, *, name: str = "tensor",
                        sizes: list[int] | None = None) -> torch.Tensor:
     """All ranks' rows of x (labels, indices, ...), concatenated in rank order; no gradient flows.
     `sizes` as in all_gather_with_grad."""
@@ -118,13 +122,13 @@ def global_offsets(sizes: list[int]) -> list[int]:
     return offsets
 
 
-def barrier(group=None) -> None:
+def barrier(group: dist.ProcessGroup | None = None) -> None:
     """Wait for every rank (bounded by the group's timeout); nothing for one process."""
     if world_rank_and_size(group)[1] > 1:
         dist.barrier(group=group)
 
 
-def all_gather_objects(obj, group=None) -> list:
+def all_gather_objects(obj: T, group: dist.ProcessGroup | None = None) -> list[T]:
     """Every rank's picklable `obj` in rank order (`[obj]` for one process); no tensors, no gradient."""
     _, world_size = world_rank_and_size(group)
     if world_size == 1:
@@ -134,7 +138,7 @@ def all_gather_objects(obj, group=None) -> list:
     return gathered
 
 
-def broadcast_object(obj, src: int = 0, group=None):
+def broadcast_object(obj: T, src: int = 0, group: dist.ProcessGroup | None = None) -> T:
     """Rank `src`'s picklable `obj` on every rank (`obj` itself for one process); no tensors, no gradient."""
     if world_rank_and_size(group)[1] == 1:
         return obj
@@ -151,17 +155,17 @@ def _all_reduce_no_grad(x: torch.Tensor, op, group) -> torch.Tensor:
     return out
 
 
-def all_reduce_sum_no_grad(x: torch.Tensor, group=None) -> torch.Tensor:
+def all_reduce_sum_no_grad(x: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
     """Elementwise sum over ranks of a copy of x (statistics, counts); no gradient flows."""
     return _all_reduce_no_grad(x, dist.ReduceOp.SUM, group)
 
 
-def all_reduce_min_no_grad(x: torch.Tensor, group=None) -> torch.Tensor:
+def all_reduce_min_no_grad(x: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
     """Elementwise minimum over ranks of a copy of x (e.g. the lowest rank that raised a flag); no gradient."""
     return _all_reduce_no_grad(x, dist.ReduceOp.MIN, group)
 
 
-def all_reduce_logsumexp_no_grad(lse: torch.Tensor, group=None) -> torch.Tensor:
+def all_reduce_logsumexp_no_grad(lse: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
     """log(sum over ranks of exp(lse_r)), elementwise: combines partial log-sum-exps (O(len) traffic)."""
     _, world_size = world_rank_and_size(group)
     if world_size == 1:

@@ -17,7 +17,7 @@ from dmlscale.distributed.collectives import all_gather_no_grad, gather_sizes, w
 T = TypeVar("T")
 
 
-def raise_if_any_rank_failed(error: str | None, group=None, *, agree: dict | None = None) -> None:
+def raise_if_any_rank_failed(error: str | None, group: dist.ProcessGroup | None = None, *, agree: dict | None = None) -> None:
     """Every rank passes its own input error (None: fine) and the settings all ranks must share
     (`agree`, e.g. {"reference given": True}); on any error or disagreement every rank raises the
     same ValueError naming the ranks, so no rank is left waiting in a later collective."""
@@ -33,13 +33,13 @@ def raise_if_any_rank_failed(error: str | None, group=None, *, agree: dict | Non
         raise ValueError("; ".join(failed))
 
 
-def gather_rows(local_n: torch.Tensor, group=None, *, name: str) -> tuple[torch.Tensor, list[int]]:
+def gather_rows(local_n: torch.Tensor, group: dist.ProcessGroup | None = None, *, name: str) -> tuple[torch.Tensor, list[int]]:
     """(all ranks' rows in rank order, every rank's row count); no gradient flows."""
     sizes = gather_sizes(local_n, group, name=name)
     return all_gather_no_grad(local_n.detach(), group, name=name, sizes=sizes), sizes
 
 
-def score_on_rank0(score: Callable[[], T], group=None) -> T:
+def score_on_rank0(score: Callable[[], T], group: dist.ProcessGroup | None = None) -> T:
     """Run score() on rank 0 only and broadcast its (picklable) result to every rank.
 
     The broadcast is the barrier: the other ranks wait for rank 0. If score() raises on rank 0, every

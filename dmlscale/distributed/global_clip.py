@@ -11,6 +11,7 @@ data-parallel average), for features, logit_scale and logit_bias alike.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from dmlscale.distributed.collectives import (
     all_gather_with_grad,
@@ -55,11 +56,13 @@ class DistributedClipLoss(TiledPairLoss):
     a tile of the matrix.
     """
 
-    def __init__(self, group=None, **tiling) -> None:
+    def __init__(self, group: dist.ProcessGroup | None = None, **tiling: bool | int | None) -> None:
         super().__init__(**tiling)
         self.group = group
 
-    def forward(self, image_features, text_features, logit_scale, logit_bias=None, output_dict: bool = False):
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float,
+                logit_bias: torch.Tensor | float | None = None,
+                output_dict: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
         check_scale("logit_scale", logit_scale)
         if logit_bias is not None:
             check_scale("logit_bias", logit_bias)
@@ -90,11 +93,13 @@ class DistributedSigLipLoss(TiledPairLoss):
     no rank holds more than a tile of the matrix.
     """
 
-    def __init__(self, group=None, **tiling) -> None:
+    def __init__(self, group: dist.ProcessGroup | None = None, **tiling: bool | int | None) -> None:
         super().__init__(**tiling)
         self.group = group
 
-    def forward(self, image_features, text_features, logit_scale, logit_bias, output_dict: bool = False):
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float,
+                logit_bias: torch.Tensor | float,
+                output_dict: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
         check_scale("logit_scale", logit_scale)
         check_scale("logit_bias", logit_bias)
         all_text, rows_n, total, _, offset = _gather_texts(image_features, text_features, self.group)

@@ -20,6 +20,7 @@ gradient. Without a data-parallel wrapper, divide the gradients by W yourself.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from dmlscale.distributed.collectives import (
     all_gather_no_grad,
@@ -67,7 +68,8 @@ def _element_sum_and_count(reducer: BaseReducer, loss_info: dict, embeddings: to
     )
 
 
-def global_reduce(reducer: BaseReducer, loss_dict: dict, embeddings: torch.Tensor, group=None):
+def global_reduce(reducer: BaseReducer, loss_dict: dict, embeddings: torch.Tensor,
+                  group: dist.ProcessGroup | None = None) -> torch.Tensor | dict:
     """Reduce a local loss dict to the global loss (see module docstring for value and gradient)."""
     _, world_size = world_rank_and_size(group)
     if isinstance(reducer, DoNothingReducer):
@@ -98,17 +100,18 @@ def global_reduce(reducer: BaseReducer, loss_dict: dict, embeddings: torch.Tenso
 class DistributedMiner(torch.nn.Module):
     """Mine the local anchors against the global batch; returns indices into (local queries, global refs)."""
 
-    def __init__(self, miner: torch.nn.Module, group=None) -> None:
+    def __init__(self, miner: torch.nn.Module, group: dist.ProcessGroup | None = None) -> None:
         super().__init__()
         self.miner = miner
         self.group = group
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor):
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         all_emb, all_labels, query_ref_index = gather_batch(embeddings.detach(), labels, self.group)
         return self.miner(embeddings, labels, all_emb, all_labels, query_ref_index=query_ref_index)
 
 
-def gather_batch(embeddings: torch.Tensor, labels: torch.Tensor | None, group=None):
+def gather_batch(embeddings: torch.Tensor, labels: torch.Tensor | None,
+                 group: dist.ProcessGroup | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """(global embeddings with gradient, global labels, global row of each local row)."""
     rank, _ = world_rank_and_size(group)
     sizes = gather_sizes(embeddings, group, name="embeddings")
@@ -126,7 +129,8 @@ class DistributedLoss(torch.nn.Module):
     batch (anchors and positives/negatives local) and is mapped to global reference rows.
     """
 
-    def __init__(self, loss: BaseMetricLossFunction, miner: torch.nn.Module | None = None, group=None) -> None:
+    def __init__(self, loss: BaseMetricLossFunction, miner: torch.nn.Module | None = None,
+                 group: dist.ProcessGroup | None = None) -> None:
         super().__init__()
         if not isinstance(loss, BaseMetricLossFunction):
             raise ValueError(f"DistributedLoss wraps a dmlscale metric loss, got {type(loss).__name__}")
@@ -134,8 +138,9 @@ class DistributedLoss(torch.nn.Module):
         self.miner = miner
         self.group = group
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None, indices_tuple=None,
-                ref_emb=None, ref_labels=None):
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None,
+                indices_tuple: tuple[torch.Tensor, ...] | None = None, ref_emb: torch.Tensor | None = None,
+                ref_labels: torch.Tensor | None = None) -> torch.Tensor | dict:
         if ref_emb is not None or ref_labels is not None:
             raise ValueError("DistributedLoss builds the reference batch itself; ref_emb/ref_labels must be None")
         if self.miner is not None and indices_tuple is not None:

@@ -8,6 +8,7 @@ Legend: n local queries, W world size.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from dmlscale.distributed.collectives import all_gather_no_grad, gather_sizes, global_offsets, world_rank_and_size
 from dmlscale.distributed.global_loss import global_reduce
@@ -17,15 +18,16 @@ from dmlscale.memory import CrossBatchMemory
 class DistributedCrossBatchMemory(torch.nn.Module):
     """Wrap a `CrossBatchMemory`; call on each rank with its local batch (sizes may differ)."""
 
-    def __init__(self, memory: CrossBatchMemory, group=None) -> None:
+    def __init__(self, memory: CrossBatchMemory, group: dist.ProcessGroup | None = None) -> None:
         super().__init__()
         if not isinstance(memory, CrossBatchMemory):
             raise ValueError(f"DistributedCrossBatchMemory wraps a CrossBatchMemory, got {type(memory).__name__}")
         self.memory = memory
         self.group = group
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, indices_tuple=None,
-                enqueue_mask: torch.Tensor | None = None):
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                indices_tuple: tuple[torch.Tensor, ...] | None = None,
+                enqueue_mask: torch.Tensor | None = None) -> torch.Tensor | dict:
         rank, _ = world_rank_and_size(self.group)
         queries, query_labels, to_queue, queue_labels, queries_enqueued = self.memory.split_batch(
             embeddings, labels, indices_tuple, enqueue_mask)

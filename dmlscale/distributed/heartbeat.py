@@ -11,6 +11,7 @@ live in the stalled process itself (rank 0 outside torchrun).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch.distributed as dist
 
@@ -22,7 +23,7 @@ BEAT_KEY, WAITING_KEY = "beat/", "waiting/"
 class StepHeartbeat:
     """One rank's heartbeat; `stalled_ranks_message` is for the error of a timed-out collective."""
 
-    def __init__(self, group: FormedGroup, *, clock=time.time):
+    def __init__(self, group: FormedGroup, *, clock: Callable[[], float] = time.time) -> None:
         self.group, self.rank, self.world_size = group, group.rank, group.world_size
         self.last_step: int | None = None
         self._clock = clock

