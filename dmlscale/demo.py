@@ -7,16 +7,15 @@ neighbour by cosine similarity, self excluded) on the held-out split is printed 
 
 from __future__ import annotations
 
-import inspect
 import time
 
 import torch
 
-import dmlscale.losses as losses_module
+from dmlscale.components import build_component
 from dmlscale.demo_choices import DEMO_LOSSES, DEMO_MINERS, check_choice
 
 
-def load_digits_split(seed: int):
+def load_digits_split(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Digits as float tensors, split 70/30 with a fixed permutation."""
     from sklearn.datasets import load_digits
 
@@ -53,19 +52,16 @@ def build_loss(name: str, *, num_classes: int, embedding_size: int) -> torch.nn.
     """The loss `name` with its defaults; a loss with learnable class parameters (CenterLoss) gets the
     demo's class count and embedding size."""
     check_choice("--loss", name, DEMO_LOSSES)
-    loss_class = getattr(losses_module, name)
-    needed = inspect.signature(loss_class).parameters
-    sizes = {"num_classes": num_classes, "embedding_size": embedding_size}
-    return loss_class(**{key: value for key, value in sizes.items() if key in needed})
+    return build_component("loss", name, key="--loss",
+                           context={"num_classes": num_classes, "embedding_size": embedding_size})
 
 
-def build_miner(name: str | None):
+def build_miner(name: str | None) -> torch.nn.Module | None:
+    """The miner `name` with its defaults (None: no miner)."""
     if name is None:
         return None
-    import dmlscale.miners as miners_module
-
     check_choice("--miner", name, DEMO_MINERS)
-    return getattr(miners_module, name)()
+    return build_component("miner", name, key="--miner")
 
 
 def run(loss_name: str, miner_name: str | None, steps: int, seed: int, print_every: int) -> dict:

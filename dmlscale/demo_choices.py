@@ -15,7 +15,7 @@ DEMO_MINERS = ("BatchEasyHardMiner", "BatchHardMiner", "DistanceWeightedMiner", 
 NOT_IN_DEMO = {
     "ClipLoss": "it scores image-text feature pairs, not labelled embeddings; `dmlscale train` trains CLIP",
     "SigLipLoss": "it scores image-text feature pairs, not labelled embeddings; "
-                  "`dmlscale train loss.name=siglip` trains SigLIP",
+                  "`dmlscale train loss.name=SigLipLoss` trains SigLIP",
     "GenericPairLoss": "it is the base class of the pair losses, not a loss to train",
     "BaseMetricLossFunction": "it is the base class of every loss, not a loss to train",
     "BaseMiner": "it is the base class of every miner, not a miner to use",

@@ -31,14 +31,14 @@ def check_labels(name: str, labels: torch.Tensor | None, num_rows: int) -> None:
         raise ValueError(f"{name} has {labels.shape[0]} entries but there are {num_rows} embeddings")
 
 
-def default_query_ref_index(num_query: int, has_ref: bool, device) -> torch.Tensor:
+def default_query_ref_index(num_query: int, has_ref: bool, device: torch.device | str | None) -> torch.Tensor:
     """The implicit self index: arange(B) when the batch is compared with itself, all -1 with a separate ref_emb."""
     if has_ref:
         return torch.full((num_query,), -1, dtype=torch.long, device=device)
     return torch.arange(num_query, dtype=torch.long, device=device)
 
 
-def check_query_ref_index(query_ref_index, num_query: int, num_ref: int) -> None:
+def check_query_ref_index(query_ref_index: object, num_query: int, num_ref: int) -> None:
     """Raise a ValueError naming the bad values unless it is a 1-D integer tensor of length B in [-1, R)."""
     if not torch.is_tensor(query_ref_index):
         raise ValueError(f"query_ref_index must be a torch.Tensor, got {type(query_ref_index).__name__}")
@@ -60,7 +60,9 @@ def check_query_ref_index(query_ref_index, num_query: int, num_ref: int) -> None
         )
 
 
-def resolve_inputs(embeddings, labels, ref_emb, ref_labels, query_ref_index=None):
+def resolve_inputs(embeddings: torch.Tensor, labels: torch.Tensor | None, ref_emb: torch.Tensor | None,
+                   ref_labels: torch.Tensor | None, query_ref_index: torch.Tensor | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Validate shapes, default the reference batch to the query batch and resolve the self index.
 
     Returns (embeddings, labels, ref_emb, ref_labels, query_ref_index). `query_ref_index[i]` is the

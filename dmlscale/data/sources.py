@@ -66,7 +66,7 @@ class SampleSource:
     `skipped` lists the paths of bad images left out by the latest iteration (on_bad_image="skip")."""
 
     def __init__(self, items: Sequence, to_sample: Callable[[str, object], dict], *, on_bad_image: str = "raise",
-                 labels: Sequence[int | None] | None = None, positions: Sequence[int] | None = None):
+                 labels: Sequence[int | None] | None = None, positions: Sequence[int] | None = None) -> None:
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise ValueError(f"on_bad_image must be one of {list(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}")
         self.items, self.to_sample, self.on_bad_image = items, to_sample, on_bad_image

@@ -38,7 +38,7 @@ def _check_pair(name: str, features: torch.Tensor, labels: torch.Tensor) -> None
 
 def distributed_metric_accuracy(query_nD: torch.Tensor, query_labels_n: torch.Tensor,
                                 reference_mD: torch.Tensor | None = None, reference_labels_m: torch.Tensor | None = None,
-                                *, group=None, **kwargs) -> dict[str, float]:
+                                *, group: ProcessGroup | None = None, **kwargs: object) -> dict[str, float]:
     """metric_accuracy (same keyword arguments) on every rank's queries and references together."""
     def check() -> None:
         _check_pair("query", query_nD, query_labels_n)
@@ -59,8 +59,8 @@ def distributed_metric_accuracy(query_nD: torch.Tensor, query_labels_n: torch.Te
 
 
 def distributed_retrieval_metrics(image_features_nD: torch.Tensor, text_features_mD: torch.Tensor,
-                                  text_image_index_m: torch.Tensor | None = None, *, group=None,
-                                  **kwargs) -> dict[str, float]:
+                                  text_image_index_m: torch.Tensor | None = None, *,
+                                  group: ProcessGroup | None = None, **kwargs: object) -> dict[str, float]:
     """retrieval_metrics over all ranks. text_image_index_m indexes this rank's OWN images (0..n-1):
     each caption lives on the rank of its image; it is shifted to global image rows here."""
     def check() -> None:
@@ -85,7 +85,8 @@ def distributed_retrieval_metrics(image_features_nD: torch.Tensor, text_features
 
 
 def distributed_zero_shot_accuracy(image_features_nD: torch.Tensor, labels_n: torch.Tensor,
-                                   classifier_DC: torch.Tensor, *, group=None, **kwargs) -> dict[str, float]:
+                                   classifier_DC: torch.Tensor, *, group: ProcessGroup | None = None,
+                                   **kwargs: object) -> dict[str, float]:
     """zero_shot_accuracy over all ranks' images; rank 0's classifier is used."""
     raise_if_any_rank_failed(_local_error(lambda: _check_pair("image_features", image_features_nD, labels_n)), group)
     image_features_ND, _ = gather_rows(image_features_nD, group, name="image features")

@@ -116,7 +116,7 @@ def first_positive_rank(scores_cM: torch.Tensor, positive_cM: torch.Tensor) -> t
     return torch.where(positive_cM.any(1), ranks_c, torch.zeros_like(ranks_c))
 
 
-def check_k(owner: str, k, num_candidates: int) -> int:
+def check_k(owner: str, k: object, num_candidates: int) -> int:
     check_positive_int(owner, "k", k)
     if k > num_candidates:
         raise ValueError(f"{owner}: k={k} is larger than the {num_candidates} reference rows available")

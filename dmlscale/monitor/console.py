@@ -18,7 +18,7 @@ class Progress:
     """
 
     def __init__(self, total: int | None, *, desc: str, unit: str = "it", rank: int = 0, initial: int = 0,
-                 enabled: bool = True, file: TextIO | None = None, min_interval_s: float = 0.5):
+                 enabled: bool = True, file: TextIO | None = None, min_interval_s: float = 0.5) -> None:
         if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
             raise ValueError(f"Progress: total must be None or an int >= 0, got {total!r}")
         if isinstance(initial, bool) or not isinstance(initial, int) or initial < 0:

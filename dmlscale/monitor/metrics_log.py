@@ -55,7 +55,7 @@ def read_metrics(path: str | Path) -> list[dict]:
 class MetricsLog:
     """Appends metric records to `path` (created with its folder); rank != 0 writes nothing."""
 
-    def __init__(self, path: str | Path, *, rank: int = 0, resume_step: int | None = None):
+    def __init__(self, path: str | Path, *, rank: int = 0, resume_step: int | None = None) -> None:
         """`resume_step`: the step a resumed session continues from; records after it (written by a session
         that died before its next checkpoint) are removed, since the resumed session trains those steps again."""
         self.path, self.active = Path(path), rank == 0

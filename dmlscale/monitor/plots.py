@@ -11,6 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # matplotlib and torch load only when a plot is drawn
+    import torch
+    from matplotlib.figure import Figure
 
 ACCURACY_WORDS = ("acc", "recall", "r@", "precision", "top1", "top5", "map", "ndcg", "reciprocal")
 
@@ -75,7 +80,7 @@ def _fit_to_data(ax, series: Mapping[str, tuple[list, list]]) -> None:
 
 
 def curves_figure(records: Sequence[Mapping], *, loss_keys: Sequence[str] | None = None,
-                  accuracy_keys: Sequence[str] | None = None, title: str = "Training run"):
+                  accuracy_keys: Sequence[str] | None = None, title: str = "Training run") -> Figure:
     """The matplotlib Figure of `plot_curves` (its axes' titles and labels say what each panel shows).
 
     Panels: training losses and evaluation scores, then one panel for each of SIGNAL_PANELS that the
@@ -127,7 +132,8 @@ def plot_curves(records: Sequence[Mapping], path: str | Path, *, loss_keys: Sequ
     return _save(curves_figure(records, loss_keys=loss_keys, accuracy_keys=accuracy_keys, title=title), path)
 
 
-def plot_similarity_histograms(pos_sims, neg_sims, path: str | Path, *, step: int | None = None,
+def plot_similarity_histograms(pos_sims: Sequence[float] | torch.Tensor, neg_sims: Sequence[float] | torch.Tensor,
+                               path: str | Path, *, step: int | None = None,
                                bins: int = 60, xlabel: str = "cosine similarity") -> Path:
     """Density histograms of sampled positive and negative pair similarities, with their means."""
     pos, neg = _as_list(pos_sims), _as_list(neg_sims)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 
 
-def check_step(owner: str, step) -> int:
+def check_step(owner: str, step: object) -> int:
     """Return `step`; raise unless it is an int >= 0 (bools rejected)."""
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"{owner}: step must be an int >= 0, got {step!r}")
@@ -25,7 +25,7 @@ class StepGuard:
     Within the session a step may repeat but never go back.
     """
 
-    def __init__(self, owner: str, floor: int | None = None):
+    def __init__(self, owner: str, floor: int | None = None) -> None:
         self.owner, self.floor, self.last = owner, floor, None
         self.num_dropped = 0
 
@@ -45,6 +45,6 @@ class StepGuard:
         return True
 
 
-def plain_value(value):
+def plain_value(value: object) -> object:
     """Numbers and 0-dim tensors/arrays as Python numbers; anything else unchanged."""
     return value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value

@@ -10,9 +10,13 @@ import resource
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
-def peak_memory_bytes(device=None) -> int:
+def peak_memory_bytes(device: torch.device | str | None = None) -> int:
     """Peak memory of this process: CUDA max allocated on `device` when it is a CUDA device, else the
     process's max resident set size (ru_maxrss: KiB on Linux, bytes on macOS)."""
     import torch
@@ -34,7 +38,7 @@ class StepTimer:
             timer.step_done(len(batch))
     """
 
-    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self._clock = clock
         self.reset()
 

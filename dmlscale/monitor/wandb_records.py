@@ -59,7 +59,7 @@ def iter_record_payloads(path: str | Path) -> Iterator[bytes]:
             raise ValueError(f"{path}: unknown chunk type {chunk_type} at byte {position}")
 
 
-def iter_records(path: str | Path):
+def iter_records(path: str | Path) -> Iterator[object]:
     """Yield the parsed `wandb_internal_pb2.Record`s of one `.wandb` file."""
     from wandb.proto import wandb_internal_pb2
 

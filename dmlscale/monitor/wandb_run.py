@@ -53,7 +53,7 @@ class WandbRun:
 
     def __init__(self, mode: str, *, project: str, run_dir: str | Path, run_id: str | None = None,
                  config: Mapping | None = None, rank: int = 0, system_metrics: bool = True,
-                 name: str | None = None):
+                 name: str | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"WandbRun: mode must be one of {MODES}, got {mode!r}")
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
