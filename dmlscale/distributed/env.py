@@ -18,6 +18,8 @@ from collections.abc import Mapping
 import torch
 import torch.distributed as dist
 
+from dmlscale.distributed.formation import form_default_group, set_default_group_timeout
+
 DEFAULT_TIMEOUT_S = 300.0
 
 
@@ -133,8 +135,6 @@ def init_process_group(
     Transient connection errors are retried within the budget on fresh store keys. Returns the backend
     used; a single process starts no group and returns "none". `init_method`: "tcp://host:port" instead of
     master_addr:master_port; any other URL goes to torch unchanged (without the diagnosis)."""
-    from dmlscale.distributed.formation import form_default_group, set_default_group_timeout
-
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
     set_default_group_timeout(timeout_s)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from dmlscale.models.registry import build_model
+
 OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS = "open_clip_config.json", "open_clip_pytorch_model.bin"
 MODEL_SPEC, MODEL_WEIGHTS = "model_spec.json", "model.bin"
 
@@ -39,8 +41,6 @@ def exported_spec(path: str | Path) -> dict:
 
 def load_exported(path: str | Path) -> torch.nn.Module:
     """The model whose weights the export folder `path` holds, on the CPU, in eval mode."""
-    from dmlscale.models.registry import build_model
-
     path = Path(path)
     spec = exported_spec(path)
     family = spec.get("family")
