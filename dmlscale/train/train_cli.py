@@ -70,10 +70,12 @@ FAILED_RANK_GRACE_S = 5.0
 
 
 # The --nproc ranks fork from a fork server that has imported these once, instead of each rank importing
-# torch, DeepSpeed and open_clip again (5-10 s per rank when ranks outnumber cores). The server has only
-# imported modules; each rank takes the parent's environment and working directory as they are at the
-# launch (see _spawned_rank), so it starts as a spawned process would.
-FORKSERVER_PRELOAD = ["torch", "dmlscale.distributed", "deepspeed", "open_clip", "dmlscale.train.trainer"]
+# torch, DeepSpeed and open_clip again (5-10 s per rank when ranks outnumber cores); DeepSpeed through
+# deepspeed_quiet, so its start-up lines are filtered in every rank. The server has only imported modules;
+# each rank takes the parent's environment and working directory as they are at the launch (see
+# _spawned_rank), so it starts as a spawned process would.
+FORKSERVER_PRELOAD = ["torch", "dmlscale.distributed", "dmlscale.train.deepspeed_quiet", "open_clip",
+                      "dmlscale.train.trainer"]
 
 
 def _spawned_rank(local_rank: int, world_size: int, port: int, config_dict: dict, out_dir: str,
