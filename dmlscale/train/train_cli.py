@@ -5,9 +5,11 @@ written if missing, a small CLIP on the CPU, zero-shot accuracy on held-out digi
 process runs this command and finds its rank in the environment; `--nproc N` instead starts N local
 gloo processes itself (no torchrun needed), and passes SIGTERM / SIGUSR1 on to them.
 
-Exit codes: 0 finished; EXIT_STOPPED (75, "temporary failure") stopped before the end by a signal or
-train.stop_at, with a checkpoint to resume from; 1 the run failed (the message says why); 2 bad
-arguments or config.
+Exit codes: 0 finished (or already finished: a resume past train.steps does nothing); EXIT_STOPPED (75,
+"temporary failure") stopped before the end by a signal or train.stop_at, with a checkpoint to resume
+from; 1 the run failed (the message says why); 2 a user error, one line: bad arguments or config, bad
+data past its limit, a run folder that holds another run or is in use. A --nproc rank's user error
+reaches this process whole and is reported the same way.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import signal
 import tempfile
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -96,8 +100,12 @@ def _spawned_rank(local_rank: int, world_size: int, port: int, config_dict: dict
     try:
         summary = train(section_from_dict(Config, config_dict))
     except Exception as error:
+        # a user error (ValueError: bad config, bad data, a taken run folder) travels whole, so the parent
+        # raises the very same error; any other failure as its type, message and traceback
+        user_error = _pickled(error) if isinstance(error, ValueError) else None
         Path(out_dir, f"error{local_rank}.json").write_text(json.dumps(
-            {"type": type(error).__name__, "message": str(error), "traceback": traceback.format_exc()}))
+            {"type": type(error).__name__, "message": str(error), "traceback": traceback.format_exc(),
+             "user_error": user_error, "time": time.time()}))
         raise
     finally:
         destroy_process_group()
@@ -138,15 +146,38 @@ def spawn(config, nproc: int) -> dict:
                     if context.join(timeout=1, grace_period=FAILED_RANK_GRACE_S):
                         break
                 except ProcessException:
-                    errors = sorted(Path(out_dir).glob("error*.json"))
-                    if errors:
-                        error = json.loads(errors[0].read_text())
-                        raise RankFailed(f"rank {errors[0].stem[5:]}: {error['type']}: {error['message']}") from None
+                    _raise_rank_error(Path(out_dir))
                     raise
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         return json.loads(Path(out_dir, "summary.json").read_text())
+
+
+def _pickled(error: ValueError) -> str:
+    """The error as hex pickle; a plain ValueError with its message when it does not pickle and load back."""
+    try:
+        data = pickle.dumps(error)
+        pickle.loads(data)
+    except Exception:
+        data = pickle.dumps(ValueError(str(error)))
+    return data.hex()
+
+
+def _raise_rank_error(out_dir: Path) -> None:
+    """Raise the error of the rank that failed first (the others' may only follow from it): a user error as
+    itself, the same ValueError one process raises, so the command reports it as one line, exit 2 (prefixed
+    with its rank when other ranks raised different user errors); any other failure as RankFailed."""
+    errors = sorted((json.loads(path.read_text()) | {"rank": int(path.stem[len("error"):])}
+                     for path in out_dir.glob("error*.json")), key=lambda error: (error["time"], error["rank"]))
+    if not errors:
+        return
+    first = errors[0]
+    if first["user_error"] is None:
+        raise RankFailed(f"rank {first['rank']}: {first['type']}: {first['message']}") from None
+    if all(error["message"] == first["message"] for error in errors if error["user_error"] is not None):
+        raise pickle.loads(bytes.fromhex(first["user_error"])) from None
+    raise ValueError(f"rank {first['rank']}: {first['message']}") from None
 
 
 def print_summary(summary: dict, run_dir: str) -> None:
