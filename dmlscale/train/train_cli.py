@@ -202,6 +202,10 @@ def main_from_args(args: argparse.Namespace) -> dict:
     overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
     config = load_config(resolve_config_path(args.config), overrides)
     if args.nproc > 1:
+        if config.checkpoint.resume is None:  # the ranks refuse it too; said here before starting them
+            from dmlscale.train.session import refuse_fresh_start_over_a_run
+
+            refuse_fresh_start_over_a_run(config.run_dir)
         summary = spawn(config, args.nproc)
     else:
         from dmlscale.train.trainer import train

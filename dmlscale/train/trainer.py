@@ -189,11 +189,13 @@ def _train_session(config: Config, run: Run, plan, started: float) -> dict:
 
     checkpoint_dir = run.run_dir / CHECKPOINTS
     summary_path = run.run_dir / "summary.json"
-    if plan.tag is not None and plan.step >= config.train.steps and summary_path.is_file():
+    if plan.tag is not None and plan.step >= config.train.steps:  # nothing to train: nothing is rewritten
         if run.rank == 0:
-            print(f"dmlscale train: {run.run_dir} already finished at step {plan.step} of {config.train.steps}; "
-                  f"nothing to do (raise train.steps to train further)")
-        return {**json.loads(summary_path.read_text()), "already_finished": True}
+            print(f"dmlscale train: run {run.run_dir} already finished at step {plan.step} of {config.train.steps}; "
+                  f"nothing to do (raise train.steps to continue, e.g. --resume latest "
+                  f"train.steps={2 * plan.step})")
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        return {**summary, "step": plan.step, "world_size": run.world_size, "already_finished": True}
     if run.rank == 0:
         if plan.tag is None and (run.run_dir / "metrics.jsonl").exists():
             print(f"dmlscale train: starting afresh in {run.run_dir} (no checkpoint in it); its old metrics.jsonl "
