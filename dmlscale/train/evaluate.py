@@ -13,10 +13,13 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from dmlscale import eval as ev
 from dmlscale.data.decode import BadSample, decode_sample
 from dmlscale.data.shard_list import list_shards
 from dmlscale.data.tar_reader import read_samples
 from dmlscale.distributed.collectives import world_rank_and_size
+from dmlscale.monitor import Progress
+from dmlscale.train.step_metrics import global_similarity_stats
 
 MAX_IMAGE_PIXELS = 50_000_000
 
@@ -65,10 +68,6 @@ def evaluate(model: torch.nn.Module, shards: Sequence[str], *, task: str, rank: 
     whole eval set, see train.step_metrics). With `similarity_samples`, also "_pos"/"_neg": sampled
     positive and negative cosine similarities of rank 0's anchors (for the histogram plot).
     `progress`: a bar on rank 0."""
-    from dmlscale import eval as ev
-    from dmlscale.monitor import Progress
-    from dmlscale.train.step_metrics import global_similarity_stats
-
     was_training = model.training
     model.eval()
     feats, texts, labels = [], [], []

@@ -25,7 +25,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from dmlscale.train.config import ConfigWarning
+from dmlscale.train.config import Config, ConfigWarning, load_config, section_from_dict
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "configs"  # package data: ships in the wheel
 DEFAULT_CONFIG = RECIPE_DIR / "quickstart.yaml"
@@ -94,7 +94,6 @@ def _spawned_rank(local_rank: int, world_size: int, port: int, config_dict: dict
                       LOCAL_WORLD_SIZE=str(world_size), GROUP_RANK="0", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     from dmlscale.distributed.env import destroy_process_group
-    from dmlscale.train.config import Config, section_from_dict
     from dmlscale.train.trainer import train
 
     try:
@@ -195,8 +194,6 @@ def print_summary(summary: dict, run_dir: str) -> None:
 
 
 def main_from_args(args: argparse.Namespace) -> dict:
-    from dmlscale.train.config import load_config
-
     if isinstance(args.nproc, bool) or args.nproc < 1:
         raise ValueError(f"--nproc must be an int >= 1, got {args.nproc!r}")
     overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
