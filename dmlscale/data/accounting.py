@@ -102,12 +102,14 @@ def check_totals(totals: dict, *, max_skip_fraction: float, skip_check_after: in
     reasons = ", ".join(f"{name}: {count}" for name, count in sorted(totals["by_reason"].items())) or "none"
     if skipped > max_skip_fraction * seen:
         raise DirtyDataError(
-            f"{skipped} of {seen} samples read were skipped ({skipped / seen:.1%} > "
+            f"bad data: {skipped} of {seen} samples read were skipped ({skipped / seen:.1%} > "
             f"data.max_skip_fraction={max_skip_fraction}) over all ranks and epochs; reasons: {reasons}; "
-            f"shards with skips: {_worst_shards(totals)}{_mismatches(totals)}")
+            f"shards with skips: {_worst_shards(totals)}{_mismatches(totals)}; fix or drop those shards, or allow "
+            f"more with data.max_skip_fraction")
     trained = seen - skipped
     if trained > 0 and repeats > max_repeat_fraction * trained:
         raise DirtyDataError(
-            f"{repeats} of {trained} trained samples were repeats ({repeats / trained:.1%} > "
+            f"bad data: {repeats} of {trained} trained samples were repeats ({repeats / trained:.1%} > "
             f"data.max_repeat_fraction={max_repeat_fraction}) over all ranks and epochs: refill made up for "
-            f"{skipped} skipped samples ({reasons}) from shards: {_worst_shards(totals)}{_mismatches(totals)}")
+            f"{skipped} skipped samples ({reasons}) from shards: {_worst_shards(totals)}{_mismatches(totals)}; fix or "
+            f"drop those shards, or allow more with data.max_repeat_fraction")

@@ -33,7 +33,7 @@ from dmlscale.data.decode import TASKS
 from dmlscale.data.plan import SlotLayout
 from dmlscale.data.segments import length, remaining
 from dmlscale.data.shard_list import ShardSet, ShardSources, check_missing_shards, list_shards
-from dmlscale.data.slot_stream import SlotStream, StreamConfig
+from dmlscale.data.slot_stream import WORKER_ERROR, SlotStream, StreamConfig
 from dmlscale.data.stream_state import StreamState
 from dmlscale.data.text_encoding import TextEncoder
 from dmlscale.param_checks import check_positive_int, check_real
@@ -206,6 +206,8 @@ class Loader:
                                       persistent_workers=False,
                                       multiprocessing_context=self.multiprocessing_context))
         for batch in batches:
+            if WORKER_ERROR in batch:
+                raise batch[WORKER_ERROR]
             self._current_skips[batch.pop("_worker")] = batch.pop("_skips")
             state.batches_consumed += 1
             yield batch

@@ -21,8 +21,9 @@ from collections.abc import Callable
 LOG = logging.getLogger("dmlscale.data")
 
 
-class DirtyDataError(RuntimeError):
-    """Too large a fraction of the samples was unreadable; the message names the worst shards."""
+class DirtyDataError(ValueError):
+    """Too large a fraction of the samples was unreadable; the message names the worst shards and the limit.
+    A ValueError: bad input data is the user's to fix, and `dmlscale train` reports it as one line, exit 2."""
 
 
 class SkipLog:

@@ -28,6 +28,8 @@ from dmlscale.data.tar_reader import RawSample, count_samples, read_samples
 if TYPE_CHECKING:
     import PIL.Image
 
+WORKER_ERROR = "_error"  # a batch with only this key carries a DataLoader worker's ValueError to the Loader
+
 
 @dataclass(frozen=True)
 class StreamConfig:
@@ -70,6 +72,10 @@ def pil_to_tensor(image: PIL.Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
 
 
+def _reasons(skip_log: SkipLog) -> str:
+    return ", ".join(f"{name}: {count}" for name, count in sorted(skip_log.by_reason.items()))
+
+
 class SlotStream(IterableDataset):
     """Yields this slot's batches of `epoch` from the rank's batch number `start_batch` on."""
 
@@ -77,6 +83,15 @@ class SlotStream(IterableDataset):
         self.config, self.epoch, self.start_batch = config, epoch, start_batch
 
     def __iter__(self) -> Iterator[dict]:
+        if get_worker_info() is None:
+            yield from self._batches()
+            return
+        try:
+            yield from self._batches()
+        except ValueError as error:  # bad data or a bad shard, in a DataLoader worker: torch would re-raise it
+            yield {WORKER_ERROR: error}  # with the worker's traceback as its message; the Loader raises it as is
+
+    def _batches(self) -> Iterator[dict]:
         config, layout = self.config, self.config.layout
         info = get_worker_info()
         loader_worker = info.id if info is not None else 0
@@ -137,8 +152,10 @@ class SlotStream(IterableDataset):
                     continue
                 passed += 1
                 if passed > plan.total:
-                    raise DirtyDataError(f"slot {slot}: no usable sample left in epoch {self.epoch} of "
-                                         f"{len(shards)} shards, e.g. {shards[shard].path}")
+                    raise DirtyDataError(f"no readable sample left in epoch {self.epoch}: every sample that reader "
+                                         f"{slot} may still read from the {len(shards)} shards is unreadable "
+                                         f"({_reasons(skip_log)}), e.g. in {shards[shard].path}; fix or replace "
+                                         f"the shards")
 
     def consumed_positions(self, slot: int, num_samples: int) -> list[int]:
         """Epoch-stream offsets of every sample the slot processed (handed out or skipped) up to its
@@ -178,8 +195,8 @@ class SlotStream(IterableDataset):
             skip_log.skip(reason, config.shard_set.shards[raw.shard].path, raw.key)
             bad_in_a_row += 1
             if bad_in_a_row > limit:
-                raise DirtyDataError(f"no usable sample in {bad_in_a_row} reads; shards: "
-                                     f"{sorted(skip_log.by_shard)[:10]}")
+                raise DirtyDataError(f"no readable sample in {bad_in_a_row} reads in a row ({_reasons(skip_log)}); "
+                                     f"shards: {sorted(skip_log.by_shard)[:10]}; fix or replace the shards")
 
     def _collate(self, chosen: list, slot: int, local_batch: int) -> dict:
         config = self.config

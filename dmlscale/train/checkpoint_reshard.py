@@ -64,6 +64,7 @@ def _convert_to_universal(run_dir: Path, tag: str) -> Path:
     error = None
     if rank == 0:
         try:
+            import dmlscale.train.deepspeed_quiet  # noqa: F401  (DeepSpeed's start-up lines filtered)
             from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
             shutil.rmtree(universal_root / tag, ignore_errors=True)

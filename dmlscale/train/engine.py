@@ -1,6 +1,7 @@
 """The DeepSpeed engine: config from our arguments, AdamW param groups, cosine schedule, gradient caching.
 
-deepspeed is imported lazily here and nowhere else in the library's import path. On the CPU, DeepSpeed's
+deepspeed is imported lazily here (through deepspeed_quiet.py, which filters its start-up lines) and nowhere
+else in the library's import path. On the CPU, DeepSpeed's
 first initialisation compiles its shared-memory comm op (about a minute on 2 cores, cached afterwards in
 ~/.cache/torch_extensions); passing a torch AdamW avoids compiling DeepSpeed's fused / CPU Adam.
 """
@@ -85,7 +86,7 @@ def build_engine(model: nn.Module, *, zero_stage: int = 2, precision: str = "aut
     The contrastive batch per optimizer step is micro_batch_size x grad_accum_steps x world size;
     `engine_contrastive_step` computes its loss at once with gradient caching.
     """
-    import deepspeed
+    from dmlscale.train.deepspeed_quiet import deepspeed, without_startup_prints
 
     check_real("build_engine", "lr", lr, minimum=0)
     check_real("build_engine", "weight_decay", weight_decay, minimum=0)
@@ -99,8 +100,9 @@ def build_engine(model: nn.Module, *, zero_stage: int = 2, precision: str = "aut
     optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps)
     scheduler = cosine_with_warmup(optimizer, warmup_steps=warmup_steps, total_steps=total_steps,
                                    min_lr_ratio=min_lr_ratio)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=config, dist_init_required=False)
+    with without_startup_prints():  # its comm backend prints "... shm_comm_op built successfully"
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                               config=config, dist_init_required=False)
     engine.dmlscale_base_optimizer = optimizer  # the torch AdamW DeepSpeed steps, under any ZeRO wrapper
     return engine
 
@@ -159,7 +161,7 @@ def clamp_parameter(param: torch.Tensor, low: float, high: float) -> None:
         with torch.no_grad():
             param.clamp_(low, high)
         return
-    import deepspeed
+    from dmlscale.train.deepspeed_quiet import deepspeed
     from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
 
     full = safe_get_full_fp32_param(param)

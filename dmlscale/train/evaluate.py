@@ -16,10 +16,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dmlscale import eval as ev
 from dmlscale.data.decode import BadSample, decode_sample
 from dmlscale.data.shard_list import list_shards
 from dmlscale.data.tar_reader import read_samples
 from dmlscale.distributed.collectives import all_gather_objects, world_rank_and_size
+from dmlscale.monitor import Progress
+from dmlscale.train.step_metrics import global_similarity_stats
 
 LOG = logging.getLogger("dmlscale.data")
 MAX_IMAGE_PIXELS = 50_000_000
@@ -109,10 +112,6 @@ def evaluate(model: torch.nn.Module, shards: Sequence[str], *, task: str, rank: 
     positive and negative cosine similarities of rank 0's anchors (for the histogram plot).
     `progress`: a bar on rank 0. `warn_skips`: rank 0 logs a warning (describe_skips) when samples were
     unreadable; callers that report the counts themselves turn it off."""
-    from dmlscale import eval as ev
-    from dmlscale.monitor import Progress
-    from dmlscale.train.step_metrics import global_similarity_stats
-
     was_training = model.training
     model.eval()
     feats, texts, labels = [], [], []

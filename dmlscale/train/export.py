@@ -39,6 +39,7 @@ def consolidated_state_dict(run_dir: Path, tag: str) -> dict[str, torch.Tensor]:
     """The full fp32 module state dict of checkpoint `tag`, whatever the ZeRO stage and world size."""
     checkpoint_dir = run_dir / tag
     if list(checkpoint_dir.glob("*optim_states.pt")):  # ZeRO 1-3: merge the fp32 partitions
+        import dmlscale.train.deepspeed_quiet  # noqa: F401  (DeepSpeed's start-up lines filtered)
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         state = get_fp32_state_dict_from_zero_checkpoint(str(run_dir), tag=tag)

@@ -21,6 +21,7 @@ from dmlscale.train.resume_guard import ResumeChanges, compare
 from dmlscale.train.run_lock import RunLock, RunLockedError
 
 CHECKPOINTS = "checkpoints"
+RESULTS = ("summary.json", "export/")  # what a finished run leaves beside its checkpoints
 
 
 def lock_run_folder(run_dir: Path, *, rank: int, job_id: str) -> RunLock | None:
@@ -57,17 +58,30 @@ class ResumePlan:
     changes: ResumeChanges | None = None
 
 
+def refuse_fresh_start_over_a_run(run_dir: str | Path) -> None:
+    """A new run (no --resume) never shares a folder with another run's checkpoints or results
+    (summary.json, export/): ValueError naming the folder, what it holds and what to do instead. A folder with
+    only a config.yaml or metrics.jsonl (a start that failed before its first checkpoint) may be started afresh."""
+    run_dir = Path(run_dir)
+    checkpoint_dir = run_dir / CHECKPOINTS
+    saved = sorted(checkpoint_dir.glob("step_*")) if checkpoint_dir.is_dir() else []
+    held = ([f"checkpoints up to {saved[-1].name}"] if saved else []) + \
+        [name for name in RESULTS if (run_dir / name.rstrip("/")).exists()]
+    if not held:
+        return
+    resume = "continue it with --resume latest, or " if saved else ""
+    raise ValueError(f"run folder {str(run_dir)!r} already holds another run ({', '.join(held)}); {resume}give "
+                     f"this run its own folder with name=NAME (runs/NAME) or run_dir=DIR, or remove the folder to "
+                     f"start over")
+
+
 def plan_resume(config: Config, requested: str | None, *, world_size: int) -> ResumePlan:
     """The checkpoint to resume (`requested`: "latest", a tag or None) and what changed since it was saved.
 
-    A fresh start over existing checkpoints is refused: it would overwrite them."""
+    A fresh start in a folder that holds another run is refused: it would overwrite it."""
     checkpoint_dir = Path(config.run_dir) / CHECKPOINTS
     if requested is None:
-        existing = sorted(checkpoint_dir.glob("step_*")) if checkpoint_dir.is_dir() else []
-        if existing:
-            raise ValueError(f"run folder {config.run_dir!r} already holds checkpoints (newest "
-                             f"{existing[-1].name}); pass --resume latest to continue that run, or choose another "
-                             f"name= / run_dir= for a new one")
+        refuse_fresh_start_over_a_run(config.run_dir)
         return ResumePlan(None)
     tag = checkpoint.find_resume_tag(checkpoint_dir, requested)
     if tag is None:

@@ -101,7 +101,7 @@ def logit_metrics(module: torch.nn.Module) -> dict[str, float]:
     params = {name: p for name, p in params.items() if isinstance(p, torch.Tensor)}
     if not params:
         return {}
-    import deepspeed
+    from dmlscale.train.deepspeed_quiet import deepspeed
 
     partitioned = any(hasattr(p, "ds_id") for p in params.values())
     with deepspeed.zero.GatheredParameters(list(params.values()), enabled=partitioned):

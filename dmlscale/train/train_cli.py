@@ -5,9 +5,11 @@ written if missing, a small CLIP on the CPU, zero-shot accuracy on held-out digi
 process runs this command and finds its rank in the environment; `--nproc N` instead starts N local
 gloo processes itself (no torchrun needed), and passes SIGTERM / SIGUSR1 on to them.
 
-Exit codes: 0 finished; EXIT_STOPPED (75, "temporary failure") stopped before the end by a signal or
-train.stop_at, with a checkpoint to resume from; 1 the run failed (the message says why); 2 bad
-arguments or config.
+Exit codes: 0 finished (or already finished: a resume past train.steps does nothing); EXIT_STOPPED (75,
+"temporary failure") stopped before the end by a signal or train.stop_at, with a checkpoint to resume
+from; 1 the run failed (the message says why); 2 a user error, one line: bad arguments or config, bad
+data past its limit, a run folder that holds another run or is in use. A --nproc rank's user error
+reaches this process whole and is reported the same way.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import signal
 import tempfile
+import time
 import traceback
 import warnings
 from pathlib import Path
 
-from dmlscale.train.config import ConfigWarning
+from dmlscale.train.config import Config, ConfigWarning, load_config, section_from_dict
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "configs"  # package data: ships in the wheel
 DEFAULT_CONFIG = RECIPE_DIR / "quickstart.yaml"
@@ -70,10 +74,12 @@ FAILED_RANK_GRACE_S = 5.0
 
 
 # The --nproc ranks fork from a fork server that has imported these once, instead of each rank importing
-# torch, DeepSpeed and open_clip again (5-10 s per rank when ranks outnumber cores). The server has only
-# imported modules; each rank takes the parent's environment and working directory as they are at the
-# launch (see _spawned_rank), so it starts as a spawned process would.
-FORKSERVER_PRELOAD = ["torch", "dmlscale.distributed", "deepspeed", "open_clip", "dmlscale.train.trainer"]
+# torch, DeepSpeed and open_clip again (5-10 s per rank when ranks outnumber cores); DeepSpeed through
+# deepspeed_quiet, so its start-up lines are filtered in every rank. The server has only imported modules;
+# each rank takes the parent's environment and working directory as they are at the launch (see
+# _spawned_rank), so it starts as a spawned process would.
+FORKSERVER_PRELOAD = ["torch", "dmlscale.distributed", "dmlscale.train.deepspeed_quiet", "open_clip",
+                      "dmlscale.train.trainer"]
 
 
 def _spawned_rank(local_rank: int, world_size: int, port: int, config_dict: dict, out_dir: str,
@@ -88,14 +94,17 @@ def _spawned_rank(local_rank: int, world_size: int, port: int, config_dict: dict
                       LOCAL_WORLD_SIZE=str(world_size), GROUP_RANK="0", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     from dmlscale.distributed.env import destroy_process_group
-    from dmlscale.train.config import Config, section_from_dict
     from dmlscale.train.trainer import train
 
     try:
         summary = train(section_from_dict(Config, config_dict))
     except Exception as error:
+        # a user error (ValueError: bad config, bad data, a taken run folder) travels whole, so the parent
+        # raises the very same error; any other failure as its type, message and traceback
+        user_error = _pickled(error) if isinstance(error, ValueError) else None
         Path(out_dir, f"error{local_rank}.json").write_text(json.dumps(
-            {"type": type(error).__name__, "message": str(error), "traceback": traceback.format_exc()}))
+            {"type": type(error).__name__, "message": str(error), "traceback": traceback.format_exc(),
+             "user_error": user_error, "time": time.time()}))
         raise
     finally:
         destroy_process_group()
@@ -136,15 +145,38 @@ def spawn(config, nproc: int) -> dict:
                     if context.join(timeout=1, grace_period=FAILED_RANK_GRACE_S):
                         break
                 except ProcessException:
-                    errors = sorted(Path(out_dir).glob("error*.json"))
-                    if errors:
-                        error = json.loads(errors[0].read_text())
-                        raise RankFailed(f"rank {errors[0].stem[5:]}: {error['type']}: {error['message']}") from None
+                    _raise_rank_error(Path(out_dir))
                     raise
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         return json.loads(Path(out_dir, "summary.json").read_text())
+
+
+def _pickled(error: ValueError) -> str:
+    """The error as hex pickle; a plain ValueError with its message when it does not pickle and load back."""
+    try:
+        data = pickle.dumps(error)
+        pickle.loads(data)
+    except Exception:
+        data = pickle.dumps(ValueError(str(error)))
+    return data.hex()
+
+
+def _raise_rank_error(out_dir: Path) -> None:
+    """Raise the error of the rank that failed first (the others' may only follow from it): a user error as
+    itself, the same ValueError one process raises, so the command reports it as one line, exit 2 (prefixed
+    with its rank when other ranks raised different user errors); any other failure as RankFailed."""
+    errors = sorted((json.loads(path.read_text()) | {"rank": int(path.stem[len("error"):])}
+                     for path in out_dir.glob("error*.json")), key=lambda error: (error["time"], error["rank"]))
+    if not errors:
+        return
+    first = errors[0]
+    if first["user_error"] is None:
+        raise RankFailed(f"rank {first['rank']}: {first['type']}: {first['message']}") from None
+    if all(error["message"] == first["message"] for error in errors if error["user_error"] is not None):
+        raise pickle.loads(bytes.fromhex(first["user_error"])) from None
+    raise ValueError(f"rank {first['rank']}: {first['message']}") from None
 
 
 def print_summary(summary: dict, run_dir: str) -> None:
@@ -162,13 +194,15 @@ def print_summary(summary: dict, run_dir: str) -> None:
 
 
 def main_from_args(args: argparse.Namespace) -> dict:
-    from dmlscale.train.config import load_config
-
     if isinstance(args.nproc, bool) or args.nproc < 1:
         raise ValueError(f"--nproc must be an int >= 1, got {args.nproc!r}")
     overrides = list(args.overrides) + ([f"checkpoint.resume={args.resume}"] if args.resume else [])
     config = load_config(resolve_config_path(args.config), overrides)
     if args.nproc > 1:
+        if config.checkpoint.resume is None:  # the ranks refuse it too; said here before starting them
+            from dmlscale.train.session import refuse_fresh_start_over_a_run
+
+            refuse_fresh_start_over_a_run(config.run_dir)
         summary = spawn(config, args.nproc)
     else:
         from dmlscale.train.trainer import train

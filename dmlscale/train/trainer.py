@@ -29,9 +29,16 @@ import torch
 from dmlscale.distributed import StepHeartbeat, init_process_group, world_info_from_env
 from dmlscale.distributed.collectives import all_gather_objects, barrier
 from dmlscale.distributed.env import WorldInfo
+from dmlscale.monitor import (MetricsLog, Progress, StepTimer, peak_memory_bytes, plot_curves,
+                              plot_similarity_histograms, read_metrics, run_title)
+from dmlscale.monitor.wandb_run import WandbRun
 from dmlscale.train import build, checkpoint
 from dmlscale.train.config import Config, save_config
 from dmlscale.train.data_accounting import GlobalDataAccounting
+from dmlscale.train.engine import engine_contrastive_step
+from dmlscale.train.evaluate import evaluate
+from dmlscale.train.export import export_weights
+from dmlscale.train.ledger import Ledger
 from dmlscale.train.nonfinite import NonFiniteGuard
 from dmlscale.train.session import CHECKPOINTS, lock_run_folder, plan_resume
 from dmlscale.train.step_metrics import (GradNormProbe, StepRecorder, logit_metrics, output_similarity_metrics,
@@ -89,8 +96,6 @@ class Run:
     def train_step(self, batch: dict, *, keep_outputs: bool = False) -> float:
         """One optimizer step on this rank's batch (split into gradient-caching chunks); the global loss.
         `keep_outputs`: keep the embeddings the loss saw, for `step_metrics`."""
-        from dmlscale.train.engine import engine_contrastive_step
-
         batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         size = len(batch["image"]) // self.chunks
         keys = ("image", "label") if self.task == "image_label" else ("image", "text")
@@ -107,8 +112,6 @@ class Run:
 
     def step_metrics(self) -> dict:
         """Everything logged beside loss and timing at a log step (collective: every rank calls it)."""
-        from dmlscale.monitor import peak_memory_bytes
-
         out = {**self.recorder.pop_terms(), **logit_metrics(self.engine.module),
                "train/grad_norm": self.grad_norm.value(), **skipped_metrics(self.loader.skipped),
                "train/skipped_nonfinite": self.guard.num_skipped,
@@ -119,8 +122,6 @@ class Run:
         return {k: v for k, v in out.items() if v is not None}
 
     def evaluate(self, *, similarity_samples: bool = False) -> dict:
-        from dmlscale.train.evaluate import evaluate
-
         config = self.config
         module = self.engine.module
         tokenize = None if self.tokenizer is None else build.tokenize_fn(self.tokenizer, self.context_length)
@@ -184,17 +185,15 @@ def train(config: Config) -> dict:
 
 def _train_session(config: Config, run: Run, plan, started: float) -> dict:
     """The session once it owns the run folder and its resume was accepted."""
-    from dmlscale.monitor import (MetricsLog, Progress, StepTimer, plot_curves, plot_similarity_histograms,
-                                   read_metrics, run_title)
-    from dmlscale.monitor.wandb_run import WandbRun
-
     checkpoint_dir = run.run_dir / CHECKPOINTS
     summary_path = run.run_dir / "summary.json"
-    if plan.tag is not None and plan.step >= config.train.steps and summary_path.is_file():
+    if plan.tag is not None and plan.step >= config.train.steps:  # nothing to train: nothing is rewritten
         if run.rank == 0:
-            print(f"dmlscale train: {run.run_dir} already finished at step {plan.step} of {config.train.steps}; "
-                  f"nothing to do (raise train.steps to train further)")
-        return {**json.loads(summary_path.read_text()), "already_finished": True}
+            print(f"dmlscale train: run {run.run_dir} already finished at step {plan.step} of {config.train.steps}; "
+                  f"nothing to do (raise train.steps to continue, e.g. --resume latest "
+                  f"train.steps={2 * plan.step})")
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        return {**summary, "step": plan.step, "world_size": run.world_size, "already_finished": True}
     if run.rank == 0:
         if plan.tag is None and (run.run_dir / "metrics.jsonl").exists():
             print(f"dmlscale train: starting afresh in {run.run_dir} (no checkpoint in it); its old metrics.jsonl "
@@ -223,8 +222,6 @@ def _train_session(config: Config, run: Run, plan, started: float) -> dict:
                              resume_step=step if plan.tag is not None else None)
     ledger = None
     if config.train.ledger:
-        from dmlscale.train.ledger import Ledger
-
         ledger = Ledger(run.run_dir, rank=run.rank, session=all_gather_objects(time.time())[0])
 
     def log(metrics: dict, at: int) -> None:
@@ -295,8 +292,6 @@ def _train_session(config: Config, run: Run, plan, started: float) -> dict:
     log(final, total)
     save(total)
     if config.checkpoint.export and run.rank == 0:
-        from dmlscale.train.export import export_weights
-
         export_weights(checkpoint_dir, run.run_dir / "export")
     if run.rank == 0 and config.monitor.plots:
         plots = [plot_curves(read_metrics(run.run_dir / "metrics.jsonl"), run.run_dir / "plots" / "curves.png",

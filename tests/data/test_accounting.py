@@ -61,7 +61,7 @@ def test_the_same_damage_stops_the_run_at_any_world_size(dirty):
         with pytest.raises(DirtyDataError) as caught:
             check_totals(merged, **LIMITS)
         message = str(caught.value)
-        assert message.startswith(f"{merged['skipped']} of {merged['seen']} samples read were skipped (")
+        assert message.startswith(f"bad data: {merged['skipped']} of {merged['seen']} samples read were skipped (")
         assert "> data.max_skip_fraction=0.1) over all ranks and epochs; reasons: " in message
         assert "truncated tar: " in message and dirty["shards"][3] in message
 
@@ -92,7 +92,7 @@ def test_repeats_beyond_the_limit_stop_with_the_shards_named(dirty):
     with pytest.raises(DirtyDataError) as caught:  # skips allowed, repeats not
         check_totals(merged, max_skip_fraction=1.0, skip_check_after=1, max_repeat_fraction=0.05)
     trained = merged["seen"] - merged["skipped"]
-    assert str(caught.value).startswith(f"{merged['repeats']} of {trained} trained samples were repeats (")
+    assert str(caught.value).startswith(f"bad data: {merged['repeats']} of {trained} trained samples were repeats (")
     assert "data.max_repeat_fraction=0.05" in str(caught.value) and dirty["shards"][0] in str(caught.value)
     check_totals(merged, max_skip_fraction=1.0, skip_check_after=1, max_repeat_fraction=1.0)  # within limits
 

@@ -70,12 +70,16 @@ def test_ranks_stay_balanced_on_dirty_shards(dirty, num_workers):
 
 
 def test_too_much_damage_stops_with_the_shards_named(dirty):
+    messages = []
     for num_workers in (0, 2):
         loader = dirty_loader(dirty, max_skip_fraction=0.05, skip_check_after=10, num_workers=num_workers)
         with pytest.raises(DirtyDataError, match=r"max_skip_fraction=0\.05") as caught:
             for _ in loader:
                 pass
         assert any(shard in str(caught.value) for shard in dirty["shards"])
+        messages.append(str(caught.value))
+    # from a DataLoader worker the error arrives as itself: one line, not torch's "Caught ... Original Traceback"
+    assert messages[1].startswith("rank 0 worker ") and "\n" not in messages[1], messages[1]
 
 
 def test_skips_are_logged_at_a_limited_rate(dirty, caplog):
