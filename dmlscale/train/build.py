@@ -7,15 +7,26 @@ starts communication except `prepare_shards` (rank 0 writes the digits, the othe
 from __future__ import annotations
 
 import glob
+import logging
 import math
 import os
+import tarfile
 from pathlib import Path
 
 import torch
 
 from dmlscale import components
+from dmlscale.data import DIGIT_CLASSNAMES, HELDOUT_TEMPLATES, TRAIN_CAPTION_TEMPLATES
+from dmlscale.data.pipeline import make_loader
+from dmlscale.data.shard_list import read_sizes
+from dmlscale.data.shards import describe_summary
+from dmlscale.data.text_encoding import TextEncoder
+from dmlscale.distributed import (DistributedClipLoss, DistributedCrossBatchMemory, DistributedLoss,
+                                  DistributedSigLipLoss)
 from dmlscale.memory import CrossBatchMemory
+from dmlscale.models import build_model
 from dmlscale.train.config import Config, DataConfig, LossConfig
+from dmlscale.train.engine import build_engine
 
 SIGLIP_INIT_LOGIT_SCALE = math.log(10)  # SigLIP's initialisation: t = 10, b = -10
 SIGLIP_INIT_LOGIT_BIAS = -10.0
@@ -27,11 +38,6 @@ def split_shards(data: DataConfig, split: str) -> list[str]:
     ValueError naming it, or with data.missing_shards=skip kept in the list, so that the training
     loader counts its listed samples as skipped; evaluation, which reads every sample once and keeps no
     skip budget, leaves such shards (and files that are not tars) out with a warning."""
-    import logging
-    import tarfile
-
-    from dmlscale.data.shard_list import read_sizes
-
     pattern = data.train_shards if split == "train" else data.eval_shards
     if pattern is not None:
         return [pattern]
@@ -69,7 +75,6 @@ def prepare_shards(data: DataConfig, *, rank: int, barrier) -> None:
     complete = all((Path(data.root) / split / "sizes.json").is_file() for split in ("train", "test"))
     if not complete and rank == 0:
         from dmlscale.data.digits import write_digits_shards  # scikit-learn's digits: only this recipe needs it
-        from dmlscale.data.shards import describe_summary
 
         for split, summary in write_digits_shards(data.root, samples_per_shard=DIGITS_SAMPLES_PER_SHARD,
                                                   image_size=data.image_size).items():
@@ -85,8 +90,6 @@ def model_family(config: Config) -> str:
 
 def build_run_model(config: Config) -> torch.nn.Module:
     """The model the registry builds for this config (same initial weights on every rank: same seed)."""
-    from dmlscale.models import build_model
-
     model_config = config.model
     family = model_family(config)
     siglip = config.loss.name == "SigLipLoss"
@@ -136,8 +139,6 @@ def tokenizer_for(model: torch.nn.Module, *, context_length: int):
 
 def tokenize_fn(tokenizer, context_length: int):
     """list[str] -> token ids [B, L], as the loader makes them (for the zero-shot classifier)."""
-    from dmlscale.data.text_encoding import TextEncoder
-
     encoder = TextEncoder(tokenizer, context_length=context_length)
     return lambda texts: encoder(texts)["text"]
 
@@ -154,9 +155,6 @@ def image_transform(image_size: int, *, crop_scale: float = 1.0):
 
 def build_loss(loss: LossConfig, *, embedding_size: int | None = None) -> torch.nn.Module:
     """The distributed loss: every rank's rows against the global batch (exact on one process too)."""
-    from dmlscale.distributed import (DistributedClipLoss, DistributedCrossBatchMemory, DistributedLoss,
-                                      DistributedSigLipLoss)
-
     if loss.name in components.IMAGE_TEXT_LOSSES:
         distributed = {"ClipLoss": DistributedClipLoss, "SigLipLoss": DistributedSigLipLoss}[loss.name]
         components.check_options(components.resolve_class("loss", loss.name, key="loss.name"), loss.options,
@@ -181,8 +179,6 @@ def make_train_loader(config: Config, rank: int, world_size: int, transform, tok
     """The training loader: every sample once per epoch, equal batch counts on every rank. Its skip
     fraction is checked by the trainer on the totals of all ranks (local_skip_check=False), so the
     same data stops a run at any world size."""
-    from dmlscale.data.pipeline import make_loader
-
     data = config.data
     return make_loader(split_shards(data, "train"), batch_size=data.batch_size, rank=rank, world_size=world_size,
                        num_workers=data.num_workers, seed=config.seed, mode="epoch", task=data.task,
@@ -194,8 +190,6 @@ def make_train_loader(config: Config, rank: int, world_size: int, transform, tok
 
 def build_run_engine(config: Config, model: torch.nn.Module, device: torch.device, *, local_rank: int):
     """The DeepSpeed engine; gradient-caching chunks are its micro-batches."""
-    from dmlscale.train.engine import build_engine
-
     # DeepSpeed insists on LOCAL_RANK, which only torchrun sets; a single process or an srun task has its
     # local rank from world_info_from_env.
     os.environ.setdefault("LOCAL_RANK", str(local_rank))
@@ -215,16 +209,12 @@ def zero_shot_classnames(config: Config) -> list[str] | None:
     if config.eval.classnames is not None:
         return config.eval.classnames
     if config.data.source == "digits":
-        from dmlscale.data import DIGIT_CLASSNAMES
-
         return list(DIGIT_CLASSNAMES)
     return None
 
 
 def zero_shot_templates(config: Config) -> list[str]:
     """eval.templates resolved: the digits' held-out or training templates, both, or the given list."""
-    from dmlscale.data import HELDOUT_TEMPLATES, TRAIN_CAPTION_TEMPLATES
-
     chosen = config.eval.templates
     if isinstance(chosen, list):
         return chosen
