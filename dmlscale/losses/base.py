@@ -31,7 +31,7 @@ class BaseMetricLossFunction(ModuleWithDistance):
         self,
         distance: BaseDistance | None = None,
         reducer: BaseReducer | None = None,
-        collect_stats: bool = False,
+        collect_stats: bool | None = None,
     ) -> None:
         super().__init__(distance=distance, collect_stats=collect_stats)
         if reducer is not None and not isinstance(reducer, BaseReducer):

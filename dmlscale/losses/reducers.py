@@ -24,7 +24,7 @@ def zero_loss_like(embeddings: torch.Tensor) -> torch.Tensor:
 class BaseReducer(ModuleWithRecords):
     """Reduce one sub-loss; subclasses implement `element_reduction` (pairs and triplets follow it)."""
 
-    def __init__(self, collect_stats: bool = False) -> None:
+    def __init__(self, collect_stats: bool | None = None) -> None:
         super().__init__(collect_stats=collect_stats)
         self.add_to_recordable_attributes(name="losses_size", is_stat=True)
 
@@ -87,7 +87,7 @@ class SumReducer(BaseReducer):
 class ThresholdReducer(BaseReducer):
     """Mean over the elements with low < loss < high (either bound optional)."""
 
-    def __init__(self, low: float | None = None, high: float | None = None, collect_stats: bool = False) -> None:
+    def __init__(self, low: float | None = None, high: float | None = None, collect_stats: bool | None = None) -> None:
         super().__init__(collect_stats=collect_stats)
         if low is None and high is None:
             raise ValueError("ThresholdReducer needs at least one of low or high")
@@ -121,7 +121,7 @@ class ThresholdReducer(BaseReducer):
 class AvgNonZeroReducer(ThresholdReducer):
     """Mean over the strictly positive losses: the usual choice for hinge losses."""
 
-    def __init__(self, collect_stats: bool = False) -> None:
+    def __init__(self, collect_stats: bool | None = None) -> None:
         super().__init__(low=0, collect_stats=collect_stats)
 
 
@@ -136,7 +136,7 @@ class MultipleReducers(BaseReducer):
     """One reducer per sub-loss name (default reducer for the others); the results are summed."""
 
     def __init__(self, reducers: dict[str, BaseReducer], default_reducer: BaseReducer | None = None,
-                 collect_stats: bool = False) -> None:
+                 collect_stats: bool | None = None) -> None:
         super().__init__(collect_stats=collect_stats)
         self.reducers = torch.nn.ModuleDict(reducers)
         self.default_reducer = MeanReducer() if default_reducer is None else default_reducer
@@ -148,3 +148,4 @@ class MultipleReducers(BaseReducer):
             for name, info in loss_dict.items()
         ]
         return torch.stack(sub_losses).sum()
+
