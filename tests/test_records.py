@@ -43,7 +43,7 @@ def stat_modules(collect_stats):
     for name in ("TripletMarginMiner", "PairMarginMiner", "BatchEasyHardMiner", "MultiSimilarityMiner", "AngularMiner",
                  "HDCMiner", "UniformHistogramMiner", "BatchHardMiner", "DistanceWeightedMiner"):
         yield ours_and_pml(name, miners, pml_miners, kw), lambda m: m(emb_BD, labels_B, ref_RD, ref_labels_R)
-    for name in ("ThresholdReducer", "AvgNonZeroReducer", "MeanReducer"):
+    for name in ("ThresholdReducer", "AvgNonZeroReducer", "MeanReducer", "DivisorReducer"):
         extra = {"low": 0.1} if name == "ThresholdReducer" else {}
         yield ours_and_pml(name, losses, pml_reducers, {**kw, **extra}), lambda r: r(loss_dict, emb_BD, labels_B)
     for name in ("TripletMarginLoss", "ContrastiveLoss", "NTXentLoss"):

@@ -86,7 +86,7 @@ def test_every_miner_builds_from_a_recipe_dict(tmp_path, name):
 
 @pytest.mark.parametrize("name", sorted(components.component_classes("reducer")))
 def test_every_reducer_builds_from_a_recipe_dict(tmp_path, name):
-    options = {"ThresholdReducer": {"low": 0.1},
+    options = {"ThresholdReducer": {"low": 0.1}, "ClassWeightedReducer": {"weights": [1.0, 0.5]},
                "MultipleReducers": {"reducers": {"pos_loss": "SumReducer", "neg_loss": {"name": "MeanReducer"}}}}
     config = label_recipe(tmp_path, {"name": "ContrastiveLoss", "options": {
         "reducer": {"name": name, "options": options.get(name, {})}}})
