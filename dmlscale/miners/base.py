@@ -38,7 +38,7 @@ class BaseMiner(ModuleWithDistance):
             raise ValueError(f"{type(self).__name__} needs labels; got labels=None")
         with torch.no_grad():
             embeddings, labels, ref_emb, ref_labels, query_ref_index = resolve_inputs(
-                embeddings, labels, ref_emb, ref_labels, query_ref_index
+                embeddings, labels, ref_emb, ref_labels, query_ref_index, check_shapes=self.distance.check_shapes
             )
             mined = self.mine(embeddings, labels, ref_emb, ref_labels, query_ref_index)
         self.record_counts(mined)
