@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from dmlscale.distances import LpDistance
-from dmlscale.indices import all_triplets
+from dmlscale.indices import all_triplets, implicit_self_index
 from dmlscale.miners.base import BaseMiner
 from dmlscale.param_checks import check_real
 
@@ -37,7 +37,8 @@ class AngularMiner(BaseMiner):
         self.add_to_recordable_attributes(list_of_names=_ANGLE_STATS, is_stat=True)
 
     def mine(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor,
-             query_ref_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+             query_ref_index: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        query_ref_index = implicit_self_index(labels, ref_labels, query_ref_index)
         a_T, p_T, n_T = all_triplets(labels, ref_labels, query_ref_index)
         anchor_TD, positive_TD, negative_TD = embeddings[a_T], ref_emb[p_T], ref_emb[n_T]
         centre_TD = (anchor_TD + positive_TD) / 2

@@ -18,7 +18,7 @@ class EmbeddingsAlreadyPackagedAsTriplets(BaseMiner):
     """
 
     def mine(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor,
-             ref_labels: torch.Tensor, query_ref_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+             ref_labels: torch.Tensor, query_ref_index: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         batch_size = len(embeddings)
         if batch_size % 3 != 0:
             raise ValueError(

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from dmlscale.indices import all_pairs, convert_to_pairs
+from dmlscale.indices import all_pairs, convert_to_pairs, implicit_self_index
 from dmlscale.miners.base import BaseMiner
 from dmlscale.param_checks import check_real
 
@@ -39,7 +39,8 @@ class HDCMiner(BaseMiner):
         self.reset_idx()
 
     def mine(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor,
-             query_ref_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+             query_ref_index: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        query_ref_index = implicit_self_index(labels, ref_labels, query_ref_index)
         mat_BR = self.distance(embeddings, ref_emb)
         if not self.was_set_externally:
             self.a1, self.p, self.a2, self.n = all_pairs(labels, ref_labels, query_ref_index)

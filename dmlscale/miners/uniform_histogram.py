@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from dmlscale.indices import all_pairs
+from dmlscale.indices import all_pairs, implicit_self_index
 from dmlscale.miners.base import BaseMiner
 from dmlscale.param_checks import check_positive_int
 
@@ -33,7 +33,8 @@ class UniformHistogramMiner(BaseMiner):
         self.add_to_recordable_attributes(list_of_names=["pos_per_bin", "neg_per_bin"], is_stat=False)
 
     def mine(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor,
-             query_ref_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+             query_ref_index: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        query_ref_index = implicit_self_index(labels, ref_labels, query_ref_index)
         mat_BR = self.distance(embeddings, ref_emb)
         a1, p, a2, n = all_pairs(labels, ref_labels, query_ref_index)
         if len(a1) > 0:

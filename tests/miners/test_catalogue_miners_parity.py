@@ -213,3 +213,26 @@ def test_miners_accept_query_ref_index():
                                                          query_ref_index=rows)
     same_BR = labels_R[rows][:, None] == labels_R[None, :]
     assert len(a1) == int(same_BR.sum()) - len(rows) and len(a2) == int((~same_BR).sum())
+
+
+# -- mine() called directly, as PML allows -------------------------------------------------------------
+DIRECT = [("BatchEasyHardMiner", {}), ("BatchHardMiner", {}), ("TripletMarginMiner", dict(margin=0.3)),
+          ("PairMarginMiner", {}), ("MultiSimilarityMiner", {}), ("DistanceWeightedMiner", {}), ("AngularMiner", {}),
+          ("HDCMiner", {}), ("UniformHistogramMiner", {}), ("EmbeddingsAlreadyPackagedAsTriplets", {})]
+
+
+@pytest.mark.parametrize("ref_mode", REF_MODES)
+@pytest.mark.parametrize("name, config", DIRECT, ids=[name for name, _ in DIRECT])
+def test_mine_takes_pml_four_arguments(name, config, ref_mode):
+    """`miner.mine(embeddings, labels, ref_emb, ref_labels)` without query_ref_index gives PML's tuple: the batch
+    is its own reference (self pairs excluded) when ref_labels is labels, as PML's test `ref_labels is labels`."""
+    emb_BD, labels_B, ref_kwargs = batch_and_ref(ref_mode, seed=8)
+    ref_RD, ref_labels_R = ref_kwargs.get("ref_emb", emb_BD), ref_kwargs.get("ref_labels", labels_B)
+    mined = []
+    for miner in (getattr(ours, name)(**config), getattr(pml_miners, name)(**config)):
+        torch.manual_seed(3)
+        with torch.no_grad():
+            mined.append(miner.mine(emb_BD, labels_B, ref_RD, ref_labels_R))
+    assert_same_indices(*mined)
+    if ref_mode == "self" and len(mined[0]) == 3 and name != "EmbeddingsAlreadyPackagedAsTriplets":
+        assert not (mined[0][0] == mined[0][1]).any()
