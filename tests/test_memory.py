@@ -101,3 +101,30 @@ def test_batch_indices_tuple_is_scored_against_the_slots_of_those_rows():
     mapped = tuple(x if i in (0, 2) else slots[x] for i, x in enumerate(pairs))
     expected = losses.ContrastiveLoss()(emb, labels, mapped, *cbm.filled_memory(), query_ref_index=slots)
     assert got.item() > 0 and abs(got.item() - expected.item()) < 1e-12
+
+
+def test_pml_queue_api_curr_batch_idx_add_to_memory_and_supported_losses():
+    ours_cbm = CrossBatchMemory(losses.ContrastiveLoss(), DIM, memory_size=10)
+    pml_cbm = pml_losses.CrossBatchMemory(pml_losses.ContrastiveLoss(), DIM, memory_size=10)
+    for emb, labels in batches(6, [4, 5, 3]):  # the third wraps: slots 9, 0, 1
+        emb = emb.float()  # PML's add_to_memory writes into its float32 buffer as is
+        ours_cbm.add_to_memory(emb, labels, len(emb))
+        pml_cbm.add_to_memory(emb, labels, len(emb))
+        assert torch.equal(ours_cbm.curr_batch_idx, pml_cbm.curr_batch_idx)
+        assert ours_cbm.queue_idx == pml_cbm.queue_idx and ours_cbm.has_been_filled == pml_cbm.has_been_filled
+        assert torch.equal(ours_cbm.embedding_memory, pml_cbm.embedding_memory)
+    assert ours_cbm.curr_batch_idx.tolist() == [9, 0, 1]
+    emb, labels = next(batches(7, [6]))
+    mask = torch.tensor([True, False, True, False, True, True])
+    ours_cbm(emb, labels, enqueue_mask=mask)
+    pml_cbm(emb, labels, enqueue_mask=mask)
+    assert torch.equal(ours_cbm.curr_batch_idx, pml_cbm.curr_batch_idx)
+    with pytest.raises(ValueError, match="batch_size=3 but there are 4 embeddings"):
+        ours_cbm.add_to_memory(emb[:4], labels[:4], 3)
+    assert set(pml_losses.CrossBatchMemory.supported_losses()) <= set(CrossBatchMemory.supported_losses())
+    for name in CrossBatchMemory.supported_losses():
+        if hasattr(losses, name):
+            CrossBatchMemory.check_loss_support(name)
+            CrossBatchMemory(getattr(losses, name)(), DIM)  # every supported loss dmlscale has is accepted
+    with pytest.raises(ValueError, match="not supported for CenterLoss"):
+        CrossBatchMemory.check_loss_support("CenterLoss")
