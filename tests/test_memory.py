@@ -128,3 +128,31 @@ def test_pml_queue_api_curr_batch_idx_add_to_memory_and_supported_losses():
             CrossBatchMemory(getattr(losses, name)(), DIM)  # every supported loss dmlscale has is accepted
     with pytest.raises(ValueError, match="not supported for CenterLoss"):
         CrossBatchMemory.check_loss_support("CenterLoss")
+
+
+def test_nca_leaves_each_query_out_of_its_own_softmax_where_pml_keeps_it():
+    """Deliberate difference (a fix): NCA inside PML's CrossBatchMemory keeps each query's own slot in its
+    softmax (distance 0, same class), so the sample counts as its own neighbour; PML's plain NCALoss leaves
+    it out. Ours leaves it out in both, so on a first batch the memory gives plain NCA's value."""
+    from pytorch_metric_learning.losses import NCALoss as PMLNCALoss
+
+    emb, labels = next(batches(0, [7]))
+    ours_value = CrossBatchMemory(losses.NCALoss(), DIM, memory_size=16)(emb, labels)
+    pml_value = pml_losses.CrossBatchMemory(PMLNCALoss(), DIM, memory_size=16)(emb, labels)
+    assert ours_value.item() == pytest.approx(0.905454434973632, rel=1e-12)
+    assert pml_value.item() == pytest.approx(0.3598889242113022, rel=1e-12)
+    assert_close(ours_value, PMLNCALoss()(emb, labels))  # PML's own NCA without a memory
+    assert_close(pml_value, PMLNCALoss()(emb, labels, ref_emb=emb.clone(), ref_labels=labels))  # self kept
+    # later steps: each row's softmax runs over every filled slot but its own (a loop reference)
+    cbm = CrossBatchMemory(losses.NCALoss(), DIM, memory_size=16)
+    for emb, labels in batches(1, [7, 6, 5]):
+        value = cbm(emb, labels)
+    mem_emb, mem_labels = cbm.filled_memory()
+    normed = torch.nn.functional.normalize
+    expected = []
+    for i, slot in enumerate(cbm.curr_batch_idx.tolist()):
+        others = [j for j in range(len(mem_emb)) if j != slot]
+        closeness = -((normed(emb[i:i + 1]) - normed(mem_emb[others])) ** 2).sum(dim=1)
+        prob = torch.softmax(closeness, dim=0)[mem_labels[others] == labels[i]].sum()
+        expected.append(-torch.log(prob))
+    assert_close(value, torch.stack(expected).mean())
