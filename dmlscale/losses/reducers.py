@@ -162,7 +162,9 @@ class ClassWeightedReducer(BaseReducer):
         super().__init__(collect_stats=collect_stats)
         weights = torch.as_tensor(weights)
         if weights.ndim != 1 or not (weights.is_floating_point() or weights.dtype in (torch.int32, torch.int64)):
-            raise ValueError(f"ClassWeightedReducer: weights must be a 1-D tensor of numbers (one per class), got {weights!r}")
+            raise ValueError(
+                f"ClassWeightedReducer: weights must be a 1-D tensor of numbers (one per class), got {weights!r}"
+            )
         self.weights = weights
 
     def weighted_mean(self, losses: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:

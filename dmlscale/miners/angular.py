@@ -1,4 +1,4 @@
-"""Angular mining (Wang et al. 2017, "Deep Metric Learning with Angular Loss"): triplets whose angle at the negative is wide.
+"""Angular mining (Wang et al. 2017, "Deep Metric Learning with Angular Loss"): triplets with a wide angle at n.
 
 Legend: T triplets; ap_T = ||x_a - x_p||, nc_T = ||x_n - c||, c = (x_a + x_p) / 2 on the raw (not
 normalised) embeddings, as in PML; angle_T = atan(ap_T / (2 nc_T)) in radians.
