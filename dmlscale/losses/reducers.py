@@ -168,6 +168,10 @@ class ClassWeightedReducer(BaseReducer):
         self.weights = weights
 
     def weighted_mean(self, losses: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return torch.mean(self.weighted(losses, rows, labels))
+
+    def weighted(self, losses: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """Each term times the weight of its row's class."""
         if labels is None:
             raise ValueError("ClassWeightedReducer needs labels to weigh the losses by class; got labels=None")
         label_of_row = labels[rows]
@@ -176,7 +180,7 @@ class ClassWeightedReducer(BaseReducer):
                 f"ClassWeightedReducer has {len(self.weights)} weights but sees label {int(label_of_row.max())}"
             )
         self.weights = self.weights.to(device=losses.device, dtype=losses.dtype)
-        return torch.mean(losses * self.weights[label_of_row])
+        return losses * self.weights[label_of_row]
 
     def element_reduction(self, losses: torch.Tensor, indices: Any, embeddings: torch.Tensor,
                           labels: torch.Tensor | None) -> torch.Tensor:
@@ -253,10 +257,9 @@ class PerAnchorReducer(BaseReducer):
         return self.reducer({"loss": {"losses": losses, "indices": indices, "reduction_type": "element"}},
                             embeddings, labels)
 
-    def pair_reduction(self, losses: torch.Tensor, indices: Any, embeddings: torch.Tensor,
-                       labels: torch.Tensor | None) -> torch.Tensor:
+    def per_anchor(self, losses: torch.Tensor, indices: Any, num_anchors: int) -> dict:
+        """The element entry of the aggregated pair losses: one value per anchor row 0..num_anchors-1."""
         anchors, others = indices
-        num_anchors = len(embeddings)
         num_columns = max(num_anchors, int(others.max()) + 1 if len(others) else 0)
         values_BC = torch.zeros(num_anchors, num_columns, dtype=losses.dtype, device=losses.device)
         values_BC = values_BC.index_put((anchors, others), losses)
@@ -264,8 +267,11 @@ class PerAnchorReducer(BaseReducer):
         has_BC[anchors, others] = True
         per_anchor_B = self.aggregation_func(values_BC, has_BC.sum(dim=1))
         rows_B = torch.arange(num_anchors, device=losses.device)
-        return self.reducer({"loss": {"losses": per_anchor_B, "indices": rows_B, "reduction_type": "element"}},
-                            embeddings, labels)
+        return {"losses": per_anchor_B, "indices": rows_B, "reduction_type": "element"}
+
+    def pair_reduction(self, losses: torch.Tensor, indices: Any, embeddings: torch.Tensor,
+                       labels: torch.Tensor | None) -> torch.Tensor:
+        return self.reducer({"loss": self.per_anchor(losses, indices, len(embeddings))}, embeddings, labels)
 
     def pos_pair_reduction(self, losses: torch.Tensor, indices: Any, embeddings: torch.Tensor,
                            labels: torch.Tensor | None) -> torch.Tensor:
