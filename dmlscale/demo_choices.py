@@ -10,8 +10,8 @@ DEMO_LOSSES = ("BatchAllTripletLoss", "BatchHardTripletLoss", "BinomialDevianceL
                "ContrastiveLoss", "DistanceWeightedMarginLoss", "GaussianWeightedNegativeLoss", "HardPairLoss",
                "MultiSimilarityLoss", "NCALoss", "NTXentLoss", "SoftMarginTripletLoss", "SupConLoss",
                "TripletMarginLoss")
-DEMO_MINERS = ("BatchEasyHardMiner", "BatchHardMiner", "DistanceWeightedMiner", "MultiSimilarityMiner",
-               "PairMarginMiner", "TripletMarginMiner")
+DEMO_MINERS = ("AngularMiner", "BatchEasyHardMiner", "BatchHardMiner", "DistanceWeightedMiner", "HDCMiner",
+               "MultiSimilarityMiner", "PairMarginMiner", "TripletMarginMiner", "UniformHistogramMiner")
 NOT_IN_DEMO = {
     "ClipLoss": "it scores image-text feature pairs, not labelled embeddings; `dmlscale train` trains CLIP",
     "SigLipLoss": "it scores image-text feature pairs, not labelled embeddings; "
@@ -19,6 +19,8 @@ NOT_IN_DEMO = {
     "GenericPairLoss": "it is the base class of the pair losses, not a loss to train",
     "BaseMetricLossFunction": "it is the base class of every loss, not a loss to train",
     "BaseMiner": "it is the base class of every miner, not a miner to use",
+    "EmbeddingsAlreadyPackagedAsTriplets": "it needs batches laid out as consecutive (anchor, positive, negative) "
+                                           "rows, and the demo's batches are class-balanced, not packaged",
 }
 
 

@@ -31,7 +31,7 @@ class BaseDistance(ModuleWithRecords):
 
     def __init__(
         self,
-        collect_stats: bool = False,
+        collect_stats: bool | None = None,
         normalize_embeddings: bool = True,
         p: float = 2,
         power: float = 1,
@@ -198,7 +198,7 @@ class ModuleWithDistance(ModuleWithRecords):
     The common base of losses and miners, kept here (not in losses/) so miners need not import losses.
     """
 
-    def __init__(self, distance: BaseDistance | None = None, collect_stats: bool = False) -> None:
+    def __init__(self, distance: BaseDistance | None = None, collect_stats: bool | None = None) -> None:
         super().__init__(collect_stats=collect_stats)
         if distance is not None and not isinstance(distance, BaseDistance):
             raise ValueError(f"distance must be a dmlscale.distances.BaseDistance, got {type(distance).__name__}")

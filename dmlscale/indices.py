@@ -4,7 +4,8 @@ Conventions (PML's): a pair tuple is (a1, p, a2, n), a triplet tuple is (a, p, n
 query batch, positives/negatives index the reference batch. `query_ref_index[i]` names the reference
 row that holds query row i itself (-1: none); self pairs (i, query_ref_index[i]) are never positives.
 When it is None it defaults to arange(B) if ref_labels is None (the batch compared with itself) and to
-all -1 otherwise, which is PML's behaviour with and without a reference batch.
+all -1 otherwise (ref_labels being the labels tensor itself counts as None), which is PML's behaviour
+with and without a reference batch.
 
 Legend: B query rows, R reference rows, T triplets.
 """
@@ -16,13 +17,21 @@ import torch
 
 def resolve_query_ref_index(labels: torch.Tensor, ref_labels: torch.Tensor | None,
                             query_ref_index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ref_labels, query_ref_index) with the defaults above filled in."""
+    """(ref_labels, query_ref_index) with the defaults above filled in; `ref_labels is labels` (the same
+    tensor, PML's test) counts as the batch compared with itself."""
     if query_ref_index is None:
-        if ref_labels is None:
+        if ref_labels is None or ref_labels is labels:
             query_ref_index = torch.arange(len(labels), device=labels.device)
         else:
             query_ref_index = torch.full((len(labels),), -1, dtype=torch.long, device=labels.device)
     return (labels if ref_labels is None else ref_labels), query_ref_index
+
+
+def implicit_self_index(labels: torch.Tensor, ref_labels: torch.Tensor | None,
+                        query_ref_index: torch.Tensor | None = None) -> torch.Tensor:
+    """`query_ref_index`, or when None PML's implicit one (see resolve_query_ref_index): lets a miner's
+    `mine(embeddings, labels, ref_emb, ref_labels)` be called without it, as in PML."""
+    return resolve_query_ref_index(labels, ref_labels, query_ref_index)[1]
 
 
 def self_pairs(query_ref_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,6 +6,8 @@ It imports only torch: every part of the library below the application checks it
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -60,16 +62,35 @@ def check_query_ref_index(query_ref_index: object, num_query: int, num_ref: int)
         )
 
 
+def check_batch(name: str, emb: torch.Tensor) -> None:
+    """Raise a ValueError naming `name` unless `emb` is a floating tensor with a batch dimension (any rank)."""
+    if not torch.is_tensor(emb):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(emb).__name__}")
+    if emb.ndim == 0:
+        raise ValueError(f"{name} must have a batch dimension, got a 0-D tensor")
+    if not emb.is_floating_point():
+        raise ValueError(f"{name} must be a floating tensor, got dtype {emb.dtype}")
+
+
 def resolve_inputs(embeddings: torch.Tensor, labels: torch.Tensor | None, ref_emb: torch.Tensor | None,
-                   ref_labels: torch.Tensor | None, query_ref_index: torch.Tensor | None = None,
+                   ref_labels: torch.Tensor | None, query_ref_index: torch.Tensor | None = None, *,
+                   check_shapes: Callable[[torch.Tensor, torch.Tensor | None], None] | None = None,
                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Validate shapes, default the reference batch to the query batch and resolve the self index.
 
     Returns (embeddings, labels, ref_emb, ref_labels, query_ref_index). `query_ref_index[i]` is the
     reference row that holds query row i itself (-1: none); self pairs (i, query_ref_index[i]) are
     never positives. Default: arange(B) without ref_emb, all -1 with it (PML's semantics).
+    `check_shapes(embeddings, ref_emb_or_None)`, when given, judges the embedding shapes instead of
+    the 2-D rule (a loss or miner passes its distance's, as PML leaves that check to the distance, so
+    a custom distance may admit (B, K, D) embeddings); the batch dimension is checked here either way.
     """
-    check_embeddings("embeddings", embeddings)
+    if check_shapes is None:
+        check_embeddings("embeddings", embeddings)
+    else:
+        check_batch("embeddings", embeddings)
+        check_batch("ref_emb", embeddings if ref_emb is None else ref_emb)
+        check_shapes(embeddings, ref_emb)
     check_labels("labels", labels, len(embeddings))
     if labels is not None:
         labels = labels.to(embeddings.device)
@@ -79,9 +100,10 @@ def resolve_inputs(embeddings: torch.Tensor, labels: torch.Tensor | None, ref_em
             raise ValueError("ref_labels was given without ref_emb")
         ref_emb, ref_labels = embeddings, labels
     else:
-        check_embeddings("ref_emb", ref_emb)
-        if ref_emb.shape[1] != embeddings.shape[1]:
-            raise ValueError(f"embeddings have size {embeddings.shape[1]} but ref_emb has size {ref_emb.shape[1]}")
+        if check_shapes is None:
+            check_embeddings("ref_emb", ref_emb)
+            if ref_emb.shape[1] != embeddings.shape[1]:
+                raise ValueError(f"embeddings have size {embeddings.shape[1]} but ref_emb has size {ref_emb.shape[1]}")
         check_labels("ref_labels", ref_labels, len(ref_emb))
         if labels is not None and ref_labels is None:
             raise ValueError("labels were given with ref_emb but ref_labels is None; pass ref_labels too")

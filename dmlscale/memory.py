@@ -19,12 +19,23 @@ from dmlscale.losses.base import BaseMetricLossFunction
 from dmlscale.param_checks import check_positive_int
 
 
+PML_SUPPORTED_LOSSES = ["AngularLoss", "CircleLoss", "ContrastiveLoss", "GeneralizedLiftedStructureLoss",
+                        "IntraPairVarianceLoss", "LiftedStructureLoss", "MarginLoss", "MultiSimilarityLoss", "NCALoss",
+                        "NTXentLoss", "SignalToNoiseRatioContrastiveLoss", "SupConLoss", "TripletMarginLoss",
+                        "TupletMarginLoss"]
+DMLSCALE_SUPPORTED_LOSSES = ["BatchAllTripletLoss", "BatchHardTripletLoss", "BinomialDevianceLoss",
+                             "DistanceWeightedMarginLoss", "GaussianWeightedNegativeLoss", "HardPairLoss",
+                             "SoftMarginTripletLoss"]
+
+
 class CrossBatchMemory(torch.nn.Module):
     """`CrossBatchMemory(loss, embedding_size, memory_size=1024, miner=None)`; call as
     `cbm(embeddings, labels, indices_tuple=None, enqueue_mask=None)`.
 
     `enqueue_mask` (bool, B): rows to enqueue (they become references only); the other rows are the
-    queries. Without it every row is enqueued and also queried.
+    queries. Without it every row is enqueued and also queried. As in PML, `curr_batch_idx` holds the
+    slots of the rows enqueued last, `add_to_memory(embeddings, labels, batch_size)` enqueues, and
+    `supported_losses()` names the losses meant for a memory.
     """
 
     def __init__(self, loss: BaseMetricLossFunction, embedding_size: int, memory_size: int = 1024,
@@ -38,19 +49,39 @@ class CrossBatchMemory(torch.nn.Module):
         self.memory_size = check_positive_int("CrossBatchMemory", "memory_size", memory_size)
         self.reset_queue()
 
+    @staticmethod
+    def supported_losses() -> list[str]:
+        """Names of the losses meant for a memory: PML's list (those of them dmlscale has work here), then
+        dmlscale's own losses that compare queries to references."""
+        return PML_SUPPORTED_LOSSES + DMLSCALE_SUPPORTED_LOSSES
+
+    @classmethod
+    def check_loss_support(cls, loss_name: str) -> None:
+        """Raise a ValueError unless `loss_name` is in `supported_losses()` (PML raises a bare Exception)."""
+        if loss_name not in cls.supported_losses():
+            raise ValueError(f"CrossBatchMemory not supported for {loss_name}; supported: {cls.supported_losses()}")
+
     def reset_queue(self) -> None:
         self.register_buffer("embedding_memory", torch.zeros(self.memory_size, self.embedding_size))
         self.register_buffer("label_memory", torch.zeros(self.memory_size, dtype=torch.long))
         self.queue_idx = 0
         self.has_been_filled = False
 
+    def add_to_memory(self, embeddings: torch.Tensor, labels: torch.Tensor, batch_size: int) -> None:
+        """PML's name for `enqueue`: write `batch_size` rows into the ring; `curr_batch_idx` holds their slots."""
+        if batch_size != len(embeddings) or batch_size != len(labels):
+            raise ValueError(f"add_to_memory: batch_size={batch_size} but there are {len(embeddings)} embeddings "
+                             f"and {len(labels)} labels")
+        self.enqueue(embeddings, labels)
+
     def enqueue(self, embeddings_BD: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
-        """Write rows into the ring (detached) and return the slot of each row."""
+        """Write rows into the ring (detached) and return the slot of each row (also kept as `curr_batch_idx`)."""
         if len(embeddings_BD) > self.memory_size:
             raise ValueError(f"cannot enqueue {len(embeddings_BD)} rows into a memory of {self.memory_size}")
         self.embedding_memory = self.embedding_memory.to(device=embeddings_BD.device, dtype=embeddings_BD.dtype)
         self.label_memory = self.label_memory.to(device=labels_B.device, dtype=labels_B.dtype)
         slots_B = (torch.arange(len(embeddings_BD), device=labels_B.device) + self.queue_idx) % self.memory_size
+        self.curr_batch_idx = slots_B
         self.embedding_memory[slots_B] = embeddings_BD.detach()
         self.label_memory[slots_B] = labels_B.detach()
         previous = self.queue_idx

@@ -3,12 +3,15 @@
 from dmlscale.losses.reducers import (  # noqa: F401
     AvgNonZeroReducer,
     BaseReducer,
+    ClassWeightedReducer,
+    DivisorReducer,
     DoNothingReducer,
     MeanReducer,
     MultipleReducers,
+    PerAnchorReducer,
     SumReducer,
     ThresholdReducer,
 )
 
-__all__ = ["AvgNonZeroReducer", "BaseReducer", "DoNothingReducer", "MeanReducer", "MultipleReducers", "SumReducer",
-           "ThresholdReducer"]
+__all__ = ["AvgNonZeroReducer", "BaseReducer", "ClassWeightedReducer", "DivisorReducer", "DoNothingReducer",
+           "MeanReducer", "MultipleReducers", "PerAnchorReducer", "SumReducer", "ThresholdReducer"]

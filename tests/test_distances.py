@@ -69,9 +69,11 @@ def test_collect_stats_match_pml():
     for name in ["initial_avg_query_norm", "initial_avg_ref_norm", "final_avg_query_norm", "final_avg_ref_norm"]:
         assert getattr(ours_dist, name) == pytest.approx(getattr(pml_dist, name), rel=1e-6), name
     assert ours_dist.initial_avg_query_norm > 2.0 and ours_dist.final_avg_query_norm == pytest.approx(1.0)
-    quiet = ours.LpDistance()
+    quiet, pml_quiet = ours.LpDistance(), pml_d.LpDistance()
     quiet(q, r)
-    assert quiet.initial_avg_query_norm == 0
+    pml_quiet(q, r)
+    # statistics off (PML's default): the attributes do not exist, as in PML
+    assert not hasattr(quiet, "initial_avg_query_norm") and not hasattr(pml_quiet, "initial_avg_query_norm")
 
 
 def test_defaults_match_pml():
@@ -104,3 +106,53 @@ def test_bad_shapes_are_named():
         dist(torch.randn(4, 5), torch.randn(2, 3))
     with pytest.raises(ValueError, match="floating"):
         dist(torch.ones(4, 5, dtype=torch.long))
+
+
+class MultiVectorDistance(ours.BaseDistance):
+    """A custom distance over (B, K, D) embeddings: the Euclidean distance of the K-vector means. It overrides
+    check_shapes to admit 3-D input, which PML allows since the loss leaves that check to the distance."""
+
+    def check_shapes(self, query_emb, ref_emb):
+        if query_emb.ndim != 3 or (ref_emb is not None and ref_emb.ndim != 3):
+            raise ValueError(f"MultiVectorDistance wants (B, K, D) embeddings, got {tuple(query_emb.shape)}")
+
+    def compute_mat(self, query_emb, ref_emb):
+        return torch.cdist(query_emb.mean(dim=1), ref_emb.mean(dim=1))
+
+
+class PMLMultiVectorDistance(pml_d.BaseDistance):
+    def check_shapes(self, query_emb, ref_emb):
+        MultiVectorDistance.check_shapes(self, query_emb, ref_emb)
+
+    def compute_mat(self, query_emb, ref_emb):
+        return torch.cdist(query_emb.mean(dim=1), ref_emb.mean(dim=1))
+
+
+def test_a_custom_distance_decides_the_embedding_shape_like_pml():
+    """Losses and miners leave the shape check to the distance (PML), so 3-D embeddings reach a distance that
+    admits them, and a 2-D batch is refused by that distance's own message."""
+    import pytorch_metric_learning.losses as pml_losses
+    import pytorch_metric_learning.miners as pml_miners
+
+    import dmlscale.losses as ours_losses
+    import dmlscale.miners as ours_miners
+
+    gen = torch.Generator().manual_seed(5)
+    emb_BKD = torch.randn(9, 4, 3, generator=gen, dtype=torch.float64)
+    ref_RKD = torch.randn(7, 4, 3, generator=gen, dtype=torch.float64)
+    labels_B, ref_labels_R = torch.arange(9) % 3, torch.arange(7) % 3
+    for ref in ({}, dict(ref_emb=ref_RKD, ref_labels=ref_labels_R)):
+        for name, options in [("TripletMarginLoss", dict(margin=0.5)), ("ContrastiveLoss", dict())]:
+            mine = getattr(ours_losses, name)(distance=MultiVectorDistance(normalize_embeddings=False), **options)
+            theirs = getattr(pml_losses, name)(distance=PMLMultiVectorDistance(normalize_embeddings=False), **options)
+            assert mine(emb_BKD, labels_B, **ref).item() == pytest.approx(theirs(emb_BKD, labels_B, **ref).item(), rel=1e-12)
+        mined = ours_miners.TripletMarginMiner(margin=0.5, distance=MultiVectorDistance(normalize_embeddings=False))(
+            emb_BKD, labels_B, **ref)
+        expected = pml_miners.TripletMarginMiner(margin=0.5, distance=PMLMultiVectorDistance(normalize_embeddings=False))(
+            emb_BKD, labels_B, **ref)
+        assert all(torch.equal(x, y) for x, y in zip(mined, expected)) and len(mined[0]) > 0
+    loss = ours_losses.TripletMarginLoss(distance=MultiVectorDistance(normalize_embeddings=False))
+    with pytest.raises(ValueError, match=r"MultiVectorDistance wants \(B, K, D\) embeddings, got \(9, 12\)"):
+        loss(emb_BKD.reshape(9, 12), labels_B)
+    with pytest.raises(ValueError, match=r"query embeddings must have shape"):
+        ours_losses.TripletMarginLoss()(emb_BKD, labels_B)  # the default distance keeps the 2-D rule

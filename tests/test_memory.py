@@ -101,3 +101,58 @@ def test_batch_indices_tuple_is_scored_against_the_slots_of_those_rows():
     mapped = tuple(x if i in (0, 2) else slots[x] for i, x in enumerate(pairs))
     expected = losses.ContrastiveLoss()(emb, labels, mapped, *cbm.filled_memory(), query_ref_index=slots)
     assert got.item() > 0 and abs(got.item() - expected.item()) < 1e-12
+
+
+def test_pml_queue_api_curr_batch_idx_add_to_memory_and_supported_losses():
+    ours_cbm = CrossBatchMemory(losses.ContrastiveLoss(), DIM, memory_size=10)
+    pml_cbm = pml_losses.CrossBatchMemory(pml_losses.ContrastiveLoss(), DIM, memory_size=10)
+    for emb, labels in batches(6, [4, 5, 3]):  # the third wraps: slots 9, 0, 1
+        emb = emb.float()  # PML's add_to_memory writes into its float32 buffer as is
+        ours_cbm.add_to_memory(emb, labels, len(emb))
+        pml_cbm.add_to_memory(emb, labels, len(emb))
+        assert torch.equal(ours_cbm.curr_batch_idx, pml_cbm.curr_batch_idx)
+        assert ours_cbm.queue_idx == pml_cbm.queue_idx and ours_cbm.has_been_filled == pml_cbm.has_been_filled
+        assert torch.equal(ours_cbm.embedding_memory, pml_cbm.embedding_memory)
+    assert ours_cbm.curr_batch_idx.tolist() == [9, 0, 1]
+    emb, labels = next(batches(7, [6]))
+    mask = torch.tensor([True, False, True, False, True, True])
+    ours_cbm(emb, labels, enqueue_mask=mask)
+    pml_cbm(emb, labels, enqueue_mask=mask)
+    assert torch.equal(ours_cbm.curr_batch_idx, pml_cbm.curr_batch_idx)
+    with pytest.raises(ValueError, match="batch_size=3 but there are 4 embeddings"):
+        ours_cbm.add_to_memory(emb[:4], labels[:4], 3)
+    assert set(pml_losses.CrossBatchMemory.supported_losses()) <= set(CrossBatchMemory.supported_losses())
+    for name in CrossBatchMemory.supported_losses():
+        if hasattr(losses, name):
+            CrossBatchMemory.check_loss_support(name)
+            CrossBatchMemory(getattr(losses, name)(), DIM)  # every supported loss dmlscale has is accepted
+    with pytest.raises(ValueError, match="not supported for CenterLoss"):
+        CrossBatchMemory.check_loss_support("CenterLoss")
+
+
+def test_nca_leaves_each_query_out_of_its_own_softmax_where_pml_keeps_it():
+    """Deliberate difference (a fix): NCA inside PML's CrossBatchMemory keeps each query's own slot in its
+    softmax (distance 0, same class), so the sample counts as its own neighbour; PML's plain NCALoss leaves
+    it out. Ours leaves it out in both, so on a first batch the memory gives plain NCA's value."""
+    from pytorch_metric_learning.losses import NCALoss as PMLNCALoss
+
+    emb, labels = next(batches(0, [7]))
+    ours_value = CrossBatchMemory(losses.NCALoss(), DIM, memory_size=16)(emb, labels)
+    pml_value = pml_losses.CrossBatchMemory(PMLNCALoss(), DIM, memory_size=16)(emb, labels)
+    assert ours_value.item() == pytest.approx(0.905454434973632, rel=1e-12)
+    assert pml_value.item() == pytest.approx(0.3598889242113022, rel=1e-12)
+    assert_close(ours_value, PMLNCALoss()(emb, labels))  # PML's own NCA without a memory
+    assert_close(pml_value, PMLNCALoss()(emb, labels, ref_emb=emb.clone(), ref_labels=labels))  # self kept
+    # later steps: each row's softmax runs over every filled slot but its own (a loop reference)
+    cbm = CrossBatchMemory(losses.NCALoss(), DIM, memory_size=16)
+    for emb, labels in batches(1, [7, 6, 5]):
+        value = cbm(emb, labels)
+    mem_emb, mem_labels = cbm.filled_memory()
+    normed = torch.nn.functional.normalize
+    expected = []
+    for i, slot in enumerate(cbm.curr_batch_idx.tolist()):
+        others = [j for j in range(len(mem_emb)) if j != slot]
+        closeness = -((normed(emb[i:i + 1]) - normed(mem_emb[others])) ** 2).sum(dim=1)
+        prob = torch.softmax(closeness, dim=0)[mem_labels[others] == labels[i]].sum()
+        expected.append(-torch.log(prob))
+    assert_close(value, torch.stack(expected).mean())

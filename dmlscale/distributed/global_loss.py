@@ -7,8 +7,8 @@ Each rank gathers all embeddings (gradient-exact, `all_gather_with_grad`) and la
 only the rows of its *local* queries against the *global* references; query row i is global row
 offset_r + i, which the pure loss receives as `query_ref_index` so self pairs are dropped exactly as in
 one process. Mining runs on the same local-rows x global-columns matrix. The reducer is applied
-globally: element sums and counts travel in one all_reduce, so Mean, Sum, AvgNonZero and Threshold
-reducers give the single-process value.
+globally: element sums and counts travel in one all_reduce, so Mean, Sum, AvgNonZero, Threshold,
+ClassWeighted and PerAnchor (of those) reducers give the single-process value.
 
 What the returned tensor means: its *value* is the global loss, the same on every rank and equal to
 one process running the loss on the concatenated batch (not multiplied by W). Its *gradient* is W
@@ -35,17 +35,30 @@ from dmlscale.losses.base import BaseMetricLossFunction
 from dmlscale.losses.streamed_totals import TOTAL_KEY, supports_totals
 from dmlscale.losses.reducers import (
     BaseReducer,
+    ClassWeightedReducer,
     DoNothingReducer,
     MeanReducer,
     MultipleReducers,
+    PerAnchorReducer,
     SumReducer,
     ThresholdReducer,
 )
 
 
-def _element_sum_and_count(reducer: BaseReducer, loss_info: dict, embeddings: torch.Tensor):
-    """This rank's (sum of kept elements, number of kept elements or None for a plain sum)."""
+def _element_sum_and_count(reducer: BaseReducer, loss_info: dict, embeddings: torch.Tensor,
+                           labels: torch.Tensor | None = None):
+    """This rank's (sum of kept elements, number of kept elements or None for a plain sum).
+
+    ClassWeightedReducer adds w[class] x term over the local rows (classes from the local labels);
+    PerAnchorReducer aggregates the local anchors' pairs, then hands one term per anchor to its reducer.
+    """
     losses, reduction_type = loss_info["losses"], loss_info["reduction_type"]
+    if isinstance(reducer, PerAnchorReducer) and torch.is_tensor(losses) and reduction_type != "already_reduced":
+        if reduction_type == "triplet":
+            raise ValueError("PerAnchorReducer reduces element and pair losses; it does not support triplet losses")
+        if reduction_type in ("pos_pair", "neg_pair"):
+            loss_info = reducer.per_anchor(losses, loss_info["indices"], len(embeddings))
+        return _element_sum_and_count(reducer.reducer, loss_info, embeddings, labels)
     if not torch.is_tensor(losses) and losses == 0:
         zero = torch.sum(embeddings * 0)
         return zero, (None if isinstance(reducer, SumReducer) else 0)
@@ -62,14 +75,19 @@ def _element_sum_and_count(reducer: BaseReducer, loss_info: dict, embeddings: to
         return losses[keep].sum() + torch.sum(embeddings * 0), int(keep.sum())
     if type(reducer) is MeanReducer:
         return losses.sum(), losses.numel()
+    if isinstance(reducer, ClassWeightedReducer):
+        indices = loss_info["indices"]
+        rows = indices if reduction_type == "element" else indices[0]
+        return reducer.weighted(losses, rows, labels).sum(), losses.numel()
     raise ValueError(
         f"{type(reducer).__name__} cannot be reduced across ranks; use MeanReducer, SumReducer, "
-        "AvgNonZeroReducer, ThresholdReducer, MultipleReducers of those, or DoNothingReducer"
+        "AvgNonZeroReducer, ThresholdReducer, ClassWeightedReducer, PerAnchorReducer of those, "
+        "MultipleReducers of those, or DoNothingReducer"
     )
 
 
 def global_reduce(reducer: BaseReducer, loss_dict: dict, embeddings: torch.Tensor,
-                  group: dist.ProcessGroup | None = None) -> torch.Tensor | dict:
+                  group: dist.ProcessGroup | None = None, labels: torch.Tensor | None = None) -> torch.Tensor | dict:
     """Reduce a local loss dict to the global loss (see module docstring for value and gradient)."""
     _, world_size = world_rank_and_size(group)
     if isinstance(reducer, DoNothingReducer):
@@ -81,7 +99,7 @@ def global_reduce(reducer: BaseReducer, loss_dict: dict, embeddings: torch.Tenso
         if len(loss_dict) != 1:
             raise ValueError(f"{type(reducer).__name__} reduces one sub-loss, got {sorted(loss_dict)}")
         parts = [(reducer, next(iter(loss_dict.values())))]
-    sums, counts = zip(*(_element_sum_and_count(r, info, embeddings) for r, info in parts))
+    sums, counts = zip(*(_element_sum_and_count(r, info, embeddings, labels) for r, info in parts))
     totals = torch.tensor([float(s.detach()) for s in sums] + [float(c or 0) for c in counts], dtype=torch.float64,
                           device=embeddings.device)
     totals = all_reduce_sum_no_grad(totals, group)
@@ -147,7 +165,7 @@ class DistributedLoss(torch.nn.Module):
             raise ValueError("pass either a miner to DistributedLoss or an indices_tuple, not both")
         if not self.loss.compares_to_reference:
             loss_dict = self.loss.loss_dict(embeddings, labels, indices_tuple)
-            return global_reduce(self.loss.reducer, loss_dict, embeddings, self.group)
+            return global_reduce(self.loss.reducer, loss_dict, embeddings, self.group, labels)
         all_emb, all_labels, query_ref_index = gather_batch(embeddings, labels, self.group)
         if self.miner is not None:
             indices_tuple = self.miner(embeddings, labels, all_emb.detach(), all_labels, query_ref_index=query_ref_index)
@@ -155,7 +173,7 @@ class DistributedLoss(torch.nn.Module):
             indices_tuple = tuple_to_reference_rows(indices_tuple, query_ref_index)
         loss_dict = self.loss.loss_dict(embeddings, labels, indices_tuple, all_emb, all_labels,
                                         query_ref_index=query_ref_index)
-        return global_reduce(self.loss.reducer, loss_dict, embeddings, self.group)
+        return global_reduce(self.loss.reducer, loss_dict, embeddings, self.group, labels)
 
 
 __all__ = ["DistributedLoss", "DistributedMiner", "gather_batch", "global_reduce"]

@@ -39,4 +39,4 @@ class DistributedCrossBatchMemory(torch.nn.Module):
         local_slots = slots[start:start + sizes[rank]]
         query_slots = local_slots if queries_enqueued else torch.full_like(query_labels, -1)
         loss_dict = self.memory.loss_against_memory(queries, query_labels, query_slots, indices_tuple, reduce=False)
-        return global_reduce(self.memory.loss.reducer, loss_dict, queries, self.group)
+        return global_reduce(self.memory.loss.reducer, loss_dict, queries, self.group, query_labels)

@@ -31,7 +31,7 @@ class BaseMetricLossFunction(ModuleWithDistance):
         self,
         distance: BaseDistance | None = None,
         reducer: BaseReducer | None = None,
-        collect_stats: bool = False,
+        collect_stats: bool | None = None,
     ) -> None:
         super().__init__(distance=distance, collect_stats=collect_stats)
         if reducer is not None and not isinstance(reducer, BaseReducer):
@@ -82,7 +82,7 @@ class BaseMetricLossFunction(ModuleWithDistance):
         Distributed wrappers call this and reduce across ranks instead."""
         self.reset_stats()
         embeddings, labels, ref_emb, ref_labels, query_ref_index = resolve_inputs(
-            embeddings, labels, ref_emb, ref_labels, query_ref_index
+            embeddings, labels, ref_emb, ref_labels, query_ref_index, check_shapes=self.distance.check_shapes
         )
         check_indices_tuple(indices_tuple, len(embeddings), len(ref_emb))
         return self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels, query_ref_index)

@@ -31,7 +31,7 @@ class BatchAllTripletLoss(TripletMarginLoss):
     """
 
     def __init__(self, margin: float = 0.1, *, distance: BaseDistance | None = None,
-                 reducer: BaseReducer | None = None, collect_stats: bool = False) -> None:
+                 reducer: BaseReducer | None = None, collect_stats: bool | None = None) -> None:
         margin = check_real(type(self).__name__, "margin", margin, minimum=0)
         super().__init__(margin=margin, swap=False, smooth_loss=False, triplets_per_anchor="all",
                          distance=distance, reducer=reducer, collect_stats=collect_stats)

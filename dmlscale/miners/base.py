@@ -4,7 +4,9 @@ Signature and outputs follow pytorch-metric-learning: `miner(embeddings, labels,
 ref_labels=None, *, query_ref_index=None)` returns a triplet tuple (a, p, n) or a pair tuple
 (a1, p, a2, n) of long tensors; anchors index `embeddings`, positives/negatives index `ref_emb` (the batch itself when omitted).
 `query_ref_index[i]` is the reference row holding query row i itself (-1: none; default arange(B)
-without ref_emb, all -1 with it); self pairs are never positives.
+without ref_emb, all -1 with it); self pairs are never positives. `mine(embeddings, labels, ref_emb,
+ref_labels)` may also be called directly, as in PML: without query_ref_index the batch is its own
+reference exactly when `ref_labels is labels` (PML's test).
 """
 
 from __future__ import annotations
@@ -38,14 +40,14 @@ class BaseMiner(ModuleWithDistance):
             raise ValueError(f"{type(self).__name__} needs labels; got labels=None")
         with torch.no_grad():
             embeddings, labels, ref_emb, ref_labels, query_ref_index = resolve_inputs(
-                embeddings, labels, ref_emb, ref_labels, query_ref_index
+                embeddings, labels, ref_emb, ref_labels, query_ref_index, check_shapes=self.distance.check_shapes
             )
             mined = self.mine(embeddings, labels, ref_emb, ref_labels, query_ref_index)
         self.record_counts(mined)
         return mined
 
     def mine(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor,
-             query_ref_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+             query_ref_index: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
     def record_counts(self, mined: tuple[torch.Tensor, ...]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from dmlscale.indices import matches_and_diffs
+from dmlscale.indices import implicit_self_index, matches_and_diffs
 from dmlscale.miners.base import BaseMiner
 from dmlscale.param_checks import check_real_range
 
@@ -60,7 +60,8 @@ class BatchEasyHardMiner(BaseMiner):
         self.add_to_recordable_attributes(list_of_names=_EXTREME_STATS, is_stat=True)
 
     def mine(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor,
-             query_ref_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+             query_ref_index: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        query_ref_index = implicit_self_index(labels, ref_labels, query_ref_index)
         mat_BR = self.distance(embeddings, ref_emb)
         same_BR, diff_BR = matches_and_diffs(labels, ref_labels, query_ref_index)
         pos, neg = self.pos_strategy, self.neg_strategy

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from dmlscale.indices import implicit_self_index
 from dmlscale.kernels.distance_tiles import normalised_pair
 from dmlscale.kernels.mining import streamed_hardest
 from dmlscale.kernels.tiles import DEFAULT_TILE, TilingSwitch
@@ -29,7 +30,8 @@ class BatchHardMiner(TilingSwitch, BatchEasyHardMiner):
         self.set_tiling(tiled, tile_size, tiled_threshold)
 
     def mine(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor,
-             query_ref_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+             query_ref_index: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        query_ref_index = implicit_self_index(labels, ref_labels, query_ref_index)
         if self.uses_tiles(max(len(embeddings), len(ref_emb))):
             q_BD, r_RD = normalised_pair(self.distance, embeddings, ref_emb)
             a, p, n, pos_dist, neg_dist = streamed_hardest(

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from dmlscale.distances import LpDistance
-from dmlscale.indices import random_triplets
+from dmlscale.indices import implicit_self_index, random_triplets
 from dmlscale.miners.base import BaseMiner
 from dmlscale.param_checks import check_real
 
@@ -42,7 +42,8 @@ class DistanceWeightedMiner(BaseMiner):
         self.nonzero_loss_cutoff = float(nonzero_loss_cutoff)
 
     def mine(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor,
-             query_ref_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+             query_ref_index: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        query_ref_index = implicit_self_index(labels, ref_labels, query_ref_index)
         weights_BR = self.negative_weights(embeddings, labels, ref_emb, ref_labels)
         return random_triplets(labels, ref_labels, weights_BR=weights_BR, query_ref_index=query_ref_index)
 

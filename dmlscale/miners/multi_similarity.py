@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from dmlscale.distances import BaseDistance, CosineSimilarity
-from dmlscale.indices import matches_and_diffs, self_pairs
+from dmlscale.indices import implicit_self_index, matches_and_diffs, self_pairs
 from dmlscale.miners.base import BaseMiner, empty_indices
 from dmlscale.param_checks import check_real
 
@@ -31,7 +31,8 @@ class MultiSimilarityMiner(BaseMiner):
         return CosineSimilarity()
 
     def mine(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor,
-             query_ref_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+             query_ref_index: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        query_ref_index = implicit_self_index(labels, ref_labels, query_ref_index)
         mat_BR = self.distance(embeddings, ref_emb)
         same_BR, diff_BR = matches_and_diffs(labels, ref_labels, query_ref_index)
         if not same_BR.any() or not diff_BR.any():

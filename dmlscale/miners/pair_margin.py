@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from dmlscale.indices import all_pairs
+from dmlscale.indices import all_pairs, implicit_self_index
 from dmlscale.miners.base import BaseMiner
 from dmlscale.param_checks import check_real
 
@@ -29,7 +29,8 @@ class PairMarginMiner(BaseMiner):
         self.add_to_recordable_attributes(list_of_names=["pos_pair_dist", "neg_pair_dist"], is_stat=True)
 
     def mine(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor,
-             query_ref_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+             query_ref_index: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        query_ref_index = implicit_self_index(labels, ref_labels, query_ref_index)
         mat_BR = self.distance(embeddings, ref_emb)
         a1_P, p_P, a2_N, n_N = all_pairs(labels, ref_labels, query_ref_index)
         pos_P = mat_BR[a1_P, p_P]

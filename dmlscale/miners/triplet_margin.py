@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from dmlscale.indices import all_triplets
+from dmlscale.indices import all_triplets, implicit_self_index
 from dmlscale.kernels.distance_tiles import normalised_pair
 from dmlscale.kernels.mining import margin_keep, streamed_margin_triplets
 from dmlscale.kernels.tiles import DEFAULT_TILE, TilingSwitch
@@ -42,7 +42,8 @@ class TripletMarginMiner(TilingSwitch, BaseMiner):
         )
 
     def mine(self, embeddings: torch.Tensor, labels: torch.Tensor, ref_emb: torch.Tensor, ref_labels: torch.Tensor,
-             query_ref_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+             query_ref_index: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        query_ref_index = implicit_self_index(labels, ref_labels, query_ref_index)
         if self.uses_tiles(max(len(embeddings), len(ref_emb))):
             q_BD, r_RD = normalised_pair(self.distance, embeddings, ref_emb)
             triplets, stats = streamed_margin_triplets(self.distance, q_BD, r_RD, labels, ref_labels,

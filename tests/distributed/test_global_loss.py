@@ -39,6 +39,13 @@ CASES = {
     "multisim+ms-miner": (lambda: losses.MultiSimilarityLoss(), lambda: miners.MultiSimilarityMiner()),
     "ntxent+pair-margin": (lambda: losses.NTXentLoss(temperature=0.3),
                            lambda: miners.PairMarginMiner(pos_margin=0.3, neg_margin=0.9)),
+    "triplet+angular": (lambda: losses.TripletMarginLoss(margin=0.3), lambda: miners.AngularMiner(angle=25)),
+    "triplet-class-weighted": (lambda: losses.TripletMarginLoss(
+        margin=0.3, reducer=reducers.ClassWeightedReducer([0.5, 2.0, 1.0, 1.5])), None),
+    "nca-class-weighted": (lambda: losses.NCALoss(reducer=reducers.ClassWeightedReducer([0.5, 2.0, 1.0, 1.5])), None),
+    "contrastive-per-anchor": (lambda: losses.ContrastiveLoss(reducer=reducers.PerAnchorReducer()), None),
+    "ntxent-per-anchor-sum": (lambda: losses.NTXentLoss(
+        temperature=0.5, reducer=reducers.PerAnchorReducer(reducers.SumReducer())), None),
 }
 
 

@@ -27,13 +27,15 @@ def local_sizes(step, sizes):
     return out
 
 
-def make_memory(with_miner):
-    return CrossBatchMemory(losses.TripletMarginLoss(margin=0.4), DIM, memory_size=MEMORY,
-                            miner=miners.BatchHardMiner() if with_miner else None)
+def make_memory(variant):
+    """"all-pairs", "batch-hard" (a miner) or "class-weighted" (a reducer that needs the query labels)."""
+    reducer = losses.ClassWeightedReducer([0.5, 2.0, 1.5]) if variant == "class-weighted" else None
+    return CrossBatchMemory(losses.TripletMarginLoss(margin=0.4, reducer=reducer), DIM, memory_size=MEMORY,
+                            miner=miners.BatchHardMiner() if variant == "batch-hard" else None)
 
 
-def _rank_run(rank, world_size, sizes, with_miner):
-    cbm = DistributedCrossBatchMemory(make_memory(with_miner))
+def _rank_run(rank, world_size, sizes, variant):
+    cbm = DistributedCrossBatchMemory(make_memory(variant))
     out = []
     for step in range(STEPS):
         emb, labels = step_batch(step, sizes)
@@ -46,12 +48,12 @@ def _rank_run(rank, world_size, sizes, with_miner):
     return out
 
 
-@pytest.mark.parametrize("with_miner", [False, True], ids=["all-pairs", "batch-hard"])
+@pytest.mark.parametrize("variant", ["all-pairs", "batch-hard", "class-weighted"])
 @pytest.mark.parametrize("sizes", [[5, 3], [4, 6, 2]], ids=["w2", "w3"])
-def test_identical_queues_and_exact_global_loss(sizes, with_miner):
-    per_rank = results(run_world(_rank_run, len(sizes), sizes, with_miner))
+def test_identical_queues_and_exact_global_loss(sizes, variant):
+    per_rank = results(run_world(_rank_run, len(sizes), sizes, variant))
     world_size = len(sizes)
-    single = make_memory(with_miner)
+    single = make_memory(variant)
     nonzero = 0
     for step in range(STEPS):
         emb, labels = step_batch(step, sizes)

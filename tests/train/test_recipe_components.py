@@ -4,6 +4,7 @@ checked against the class's signature, and the earlier releases' keys still work
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 
 import pytest
@@ -79,12 +80,13 @@ def test_every_miner_builds_from_a_recipe_dict(tmp_path, name):
     built = build_loss(config.loss, embedding_size=EMBEDDING_SIZE)
     assert type(built.miner) is cls
     if changed is not None and hasattr(built.miner, changed[0]):
-        assert getattr(built.miner, changed[0]) == pytest.approx(changed[1])
+        expected = math.radians(changed[1]) if changed[0] == "angle" else changed[1]  # PML keeps radians
+        assert getattr(built.miner, changed[0]) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("name", sorted(components.component_classes("reducer")))
 def test_every_reducer_builds_from_a_recipe_dict(tmp_path, name):
-    options = {"ThresholdReducer": {"low": 0.1},
+    options = {"ThresholdReducer": {"low": 0.1}, "ClassWeightedReducer": {"weights": [1.0, 0.5]},
                "MultipleReducers": {"reducers": {"pos_loss": "SumReducer", "neg_loss": {"name": "MeanReducer"}}}}
     config = label_recipe(tmp_path, {"name": "ContrastiveLoss", "options": {
         "reducer": {"name": name, "options": options.get(name, {})}}})
