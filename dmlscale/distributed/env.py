@@ -115,6 +115,19 @@ def world_info_from_env(environ: Mapping[str, str] | None = None) -> WorldInfo:
     return WorldInfo()
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (what Slurm, taskset or a container's cpuset
+    grant), not the machine's core count, which oversubscribes a job given a share of a node."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def threads_per_rank(local_world_size: int) -> int:
+    """Torch CPU threads for each of `local_world_size` ranks on this node: the usable cores shared out."""
+    return max(1, usable_cores() // max(1, local_world_size))
+
+
 def free_port() -> int:
     """A TCP port free on loopback now (for single-machine groups: --nproc, a 1-rank group, tests)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -194,7 +194,7 @@ class TrainConfig(Section):
     grad_cache_chunks: int = 1  # > 1: gradient caching, the local batch encoded in this many chunks
     device: Literal["auto", "cpu", "cuda"] = "auto"
     log_every: int = 10
-    threads: int = 0  # torch CPU threads per rank; 0: cores / local ranks
+    threads: int = 0  # torch CPU threads per rank; 0: the cores this process may use (its affinity) / local ranks
     stop_at: int = 0  # > 0: checkpoint and stop this session at that step (time-boxed jobs); resume continues
     max_nonfinite_steps: int = 3  # a NaN/Inf loss or gradient skips the update; this many in a row stop the run
     ledger: bool = False  # write the keys of every trained sample per step and rank to run_dir/ledger/

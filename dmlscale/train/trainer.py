@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import torch
 
 from dmlscale.distributed import StepHeartbeat, init_process_group, world_info_from_env
 from dmlscale.distributed.collectives import all_gather_objects, barrier
-from dmlscale.distributed.env import WorldInfo
+from dmlscale.distributed.env import WorldInfo, threads_per_rank
 from dmlscale.monitor import (MetricsLog, Progress, StepTimer, peak_memory_bytes, plot_curves,
                               plot_similarity_histograms, read_metrics, run_title)
 from dmlscale.monitor.wandb_run import WandbRun
@@ -59,7 +58,7 @@ class Run:
 
     def __init__(self, config: Config, info: WorldInfo):
         self.config, self.info = config, info
-        threads = config.train.threads or max(1, (os.cpu_count() or 1) // info.local_world_size)
+        threads = config.train.threads or threads_per_rank(info.local_world_size)
         torch.set_num_threads(threads)
         init_process_group(info, timeout_s=config.train.group_timeout_s)
         self.rank, self.world_size = info.rank, info.world_size

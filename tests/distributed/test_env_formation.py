@@ -189,3 +189,18 @@ def test_the_stalled_rank_is_the_one_not_waiting_else_the_one_behind_else_the_ol
 
 if __name__ == "__main__":
     sys.exit(_worker(sys.argv[1], float(sys.argv[2])))
+
+
+def test_threads_follow_the_cpu_affinity_not_the_machine():
+    """A rank pinned to one core (as Slurm's cpusets or taskset do) gets one thread, whatever the node has."""
+    import subprocess
+    import sys
+
+    code = ("import os\nfrom dmlscale.distributed.env import threads_per_rank, usable_cores\n"
+            "full = usable_cores()\nassert full == len(os.sched_getaffinity(0)), full\n"
+            "os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})\n"
+            "print(full, usable_cores(), threads_per_rank(1), threads_per_rank(4))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    full, pinned, one_rank, four_ranks = map(int, out.stdout.split())
+    assert (pinned, one_rank, four_ranks) == (1, 1, 1)
+    assert full >= 1
