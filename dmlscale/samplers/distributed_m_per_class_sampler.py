@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
-from dmlscale.samplers.checks import check_int, integer_labels, members_by_class
+from dmlscale.samplers.checks import check_int, integer_labels
 from dmlscale.samplers.epoch_plan import num_batches, plan_epoch
 
 OWNER = "DistributedMPerClassSampler"
@@ -45,8 +45,9 @@ class DistributedMPerClassSampler(Sampler[int]):
             raise ValueError(f"{OWNER}: batch_size must be a multiple of m, got batch_size={batch_size}, m={m}")
         self.global_batch_size = self.world_size * self.batch_size
         self.classes_per_batch = self.global_batch_size // self.m_per_class
-        classes, self._members = members_by_class(labels_N)
-        groups_C = np.array([len(indices) // self.m_per_class for indices in self._members])
+        classes, self._class_of_N = np.unique(labels_N, return_inverse=True)
+        self._num_classes = len(classes)
+        groups_C = np.bincount(self._class_of_N, minlength=len(classes)) // self.m_per_class
         eligible = int((groups_C > 0).sum())
         if eligible < self.classes_per_batch:
             raise ValueError(
@@ -80,7 +81,7 @@ class DistributedMPerClassSampler(Sampler[int]):
         with the same global batch."""
         if self._plan is None or self._plan[0] != epoch:
             rng = np.random.default_rng([self.seed, epoch])
-            plan_NKm = plan_epoch(self._members, self.m_per_class, self.classes_per_batch, rng)
+            plan_NKm = plan_epoch(self._class_of_N, self._num_classes, self.m_per_class, self.classes_per_batch, rng)
             start = self.rank * self.batch_size
             self._plan = (epoch, np.ascontiguousarray(plan_NKm[:, start:start + self.batch_size]))
         return self._plan[1]

@@ -29,23 +29,28 @@ def num_batches(groups_per_class_C: np.ndarray, classes_per_batch: int) -> int:
     return low
 
 
-def plan_epoch(members: list[np.ndarray], m: int, classes_per_batch: int, rng: np.random.Generator) -> np.ndarray:
-    """(N, K * m) dataset indices: row b is batch b, K runs of m samples of one class each, K distinct
-    classes per row, no index twice in the plan."""
+def plan_epoch(class_of_N: np.ndarray, num_classes: int, m: int, classes_per_batch: int,
+               rng: np.random.Generator) -> np.ndarray:
+    """(N, K * m) dataset indices for samples of classes `class_of_N` (0 .. num_classes - 1): row b is batch
+    b, K runs of m samples of one class each, K distinct classes per row, no index twice in the plan."""
     K = classes_per_batch
-    groups_C = np.array([len(indices) // m for indices in members], dtype=np.int64)
+    size_C = np.bincount(class_of_N, minlength=num_classes)
+    groups_C = size_C // m
     N = num_batches(groups_C, K)
     if N == 0:
         return np.empty((0, K * m), dtype=np.int64)
-    # a fresh shuffle of each class, cut into groups; keep at most N groups a class, then drop the surplus
+    # a fresh shuffle of each class (sort by class, then a random 32-bit key), cut into groups; keep at most
+    # N groups a class, then drop the surplus groups at random
+    keys_N = (class_of_N.astype(np.int64) << 32) | rng.integers(0, 2**32, len(class_of_N), dtype=np.int64)
+    order = np.argsort(keys_N, kind="stable")
+    position = np.arange(len(order)) - np.repeat(np.cumsum(size_C) - size_C, size_C)
     used_C = np.minimum(groups_C, N)
-    samples_Gm = np.concatenate([rng.permutation(indices)[:used * m].reshape(used, m)
-                                 for indices, used in zip(members, used_C) if used])
-    class_G = np.repeat(np.arange(len(members)), used_C)
+    samples_Gm = order[position < np.repeat(used_C * m, size_C)].reshape(-1, m)
+    class_G = np.repeat(np.arange(num_classes), used_C)
     keep_G = np.ones(len(class_G), dtype=bool)
     keep_G[rng.choice(len(class_G), size=len(class_G) - N * K, replace=False)] = False
     samples_Gm, class_G = samples_Gm[keep_G], class_G[keep_G]
-    remaining_C = np.bincount(class_G, minlength=len(members))
+    remaining_C = np.bincount(class_G, minlength=num_classes)
 
     classes_NK = np.empty((N, K), dtype=np.int64)
     for batch in range(N):
