@@ -42,14 +42,6 @@ def integer_labels(owner: str, labels: object, *, ndim: int) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def members_by_class(labels_N: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(sorted distinct labels, for each of them the ascending indices holding it)."""
-    classes, class_of_N = np.unique(labels_N, return_inverse=True)
-    order = np.argsort(class_of_N, kind="stable")
-    bounds = np.cumsum(np.bincount(class_of_N, minlength=len(classes)))[:-1]
-    return classes, np.split(order, bounds)
-
-
 def _preview(array: np.ndarray) -> str:
     flat = array.reshape(-1)[:4].tolist()
     return ", ".join(repr(v) for v in flat) + (", ..." if array.size > 4 else "")

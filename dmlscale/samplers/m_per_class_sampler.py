@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from dmlscale.samplers.checks import check_int, integer_labels, members_by_class
+from dmlscale.samplers.checks import check_int, integer_labels
 
 OWNER = "MPerClassSampler"
 
@@ -38,7 +38,7 @@ class MPerClassSampler(Sampler[int]):
         self.batch_size = None if batch_size is None else check_int(OWNER, "batch_size", batch_size, minimum=1)
         length = check_int(OWNER, "length_before_new_iter", length_before_new_iter, minimum=1)
         self.seed = None if seed is None else check_int(OWNER, "seed", seed, minimum=0)
-        classes, members = members_by_class(labels_N)
+        classes, members = _members_by_class(labels_N)
         self.labels = classes.tolist()
         self.labels_to_indices = dict(zip(self.labels, members))
         self.length_of_single_pass = self.m_per_class * len(self.labels)
@@ -94,3 +94,11 @@ class MPerClassSampler(Sampler[int]):
         """Blocks per iteration (PML's name): batches with batch_size, else passes over all classes."""
         block = self.length_of_single_pass if self.batch_size is None else self.batch_size
         return self.list_size // block if block < self.list_size else 1
+
+
+def _members_by_class(labels_N: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(sorted distinct labels, for each of them the ascending indices holding it)."""
+    classes, class_of_N = np.unique(labels_N, return_inverse=True)
+    order = np.argsort(class_of_N, kind="stable")
+    bounds = np.cumsum(np.bincount(class_of_N, minlength=len(classes)))[:-1]
+    return classes, np.split(order, bounds)
