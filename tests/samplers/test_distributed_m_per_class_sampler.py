@@ -163,3 +163,17 @@ def test_bad_arguments_raise_value_errors_naming_them(arguments, named):
 def test_labels_must_be_one_dimensional_integers(labels, named):
     with pytest.raises(ValueError, match=named):
         DistributedMPerClassSampler(labels, 1, 1, rank=0, world_size=1)
+
+
+def test_with_loader_workers_the_loops_count_resumes_exactly():
+    """Two DataLoader workers prefetch 4 batches: the sampler's own count runs ahead of the loop, the loop's
+    count (state_dict(batches_consumed=k)) resumes exactly."""
+    labels = uneven_labels()
+    uninterrupted, sampler, restored = samplers(labels, 1) + samplers(labels, 1) + samplers(labels, 1)
+    full = [b.tolist() for b in DataLoader(range(len(labels)), batch_size=B, sampler=uninterrupted)]
+    iterator = iter(DataLoader(range(len(labels)), batch_size=B, sampler=sampler, num_workers=2))
+    taken = [next(iterator).tolist() for _ in range(2)]
+    assert sampler.state_dict()["batches_consumed"] > 2
+    restored.load_state_dict(sampler.state_dict(batches_consumed=2))
+    del iterator
+    assert taken + [b.tolist() for b in DataLoader(range(len(labels)), batch_size=B, sampler=restored)] == full
