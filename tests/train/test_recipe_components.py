@@ -19,6 +19,8 @@ from dmlscale.train.session import current_form
 
 EMBEDDING_SIZE = 16
 REQUIRED = {"CenterLoss": {"num_classes": 10}}  # options without a default
+REQUIRED |= {name: {"num_classes": 10} for name in ("ArcFaceLoss", "CosFaceLoss", "LargeMarginSoftmaxLoss",
+                                                   "SphereFaceLoss", "SubCenterArcFaceLoss")}
 
 
 def label_recipe(tmp_path, loss: dict):
