@@ -17,7 +17,9 @@ from dmlscale.losses.hard_pair_loss import HardPairLoss
 from dmlscale.losses.large_margin_softmax_loss import LargeMarginSoftmaxLoss
 from dmlscale.losses.multi_similarity_loss import MultiSimilarityLoss
 from dmlscale.losses.nca_loss import NCALoss
+from dmlscale.losses.normalized_softmax_loss import NormalizedSoftmaxLoss
 from dmlscale.losses.ntxent_loss import NTXentLoss
+from dmlscale.losses.p2s_grad_loss import P2SGradLoss
 from dmlscale.losses.reducers import (
     AvgNonZeroReducer,
     BaseReducer,
@@ -63,6 +65,8 @@ __all__ = [
     "MultipleReducers",
     "NCALoss",
     "NTXentLoss",
+    "NormalizedSoftmaxLoss",
+    "P2SGradLoss",
     "PerAnchorReducer",
     "SigLipLoss",
     "SoftMarginTripletLoss",

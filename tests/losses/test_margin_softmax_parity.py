@@ -24,8 +24,8 @@ pml_r = pytest.importorskip("pytorch_metric_learning.regularizers")
 pml_d = pytest.importorskip("pytorch_metric_learning.distances")
 
 ANGULAR = ["ArcFaceLoss", "CosFaceLoss", "LargeMarginSoftmaxLoss", "SphereFaceLoss", "SubCenterArcFaceLoss"]
-WEIGHTED = ANGULAR
-ALL = WEIGHTED
+WEIGHTED = ANGULAR + ["NormalizedSoftmaxLoss"]
+ALL = WEIGHTED + ["P2SGradLoss"]
 EMBEDDING_SIZE = 6
 
 
@@ -88,6 +88,8 @@ SETTINGS = {
                                dict(margin=6, scale=2)],
     "SphereFaceLoss": [dict(), dict(margin=1, scale=2), dict(margin=3, scale=5), dict(margin=5)],
     "SubCenterArcFaceLoss": [dict(), dict(sub_centers=1), dict(sub_centers=4, margin=15, scale=16)],
+    "NormalizedSoftmaxLoss": [dict(), dict(temperature=1.0), dict(temperature=0.2)],
+    "P2SGradLoss": [dict()],
 }
 CASES = [(name, kwargs) for name, settings in SETTINGS.items() for kwargs in settings]
 CASE_IDS = [f"{name}-" + "-".join(f"{k}={v}" for k, v in kwargs.items()) for name, kwargs in CASES]
@@ -176,6 +178,17 @@ def test_parity_weight_and_embedding_regularizers(name, key):
     compare(name, ours_loss, pml_loss, emb_BD, labels_B)
 
 
+def test_parity_embedding_regularizer_on_p2sgrad_and_sparse_centers_on_subcenters():
+    emb_BD, labels_B = make_inputs(9)
+    ours_loss, pml_loss = build_pair("P2SGradLoss", embedding_regularizer=regularizer_pair("ZeroMeanRegularizer"),
+                                     embedding_reg_weight=2.0)
+    assert ours_loss.sub_loss_names() == pml_loss.sub_loss_names() == ["loss", "embedding_reg_loss"]
+    compare("P2SGradLoss", ours_loss, pml_loss, emb_BD, labels_B)
+    sparse = (ours_r.SparseCentersRegularizer(5, 3), pml_r.SparseCentersRegularizer(5, 3))
+    ours_loss, pml_loss = build_pair("SubCenterArcFaceLoss", weight_regularizer=sparse, weight_reg_weight=0.5)
+    compare("SubCenterArcFaceLoss", ours_loss, pml_loss, emb_BD, labels_B)
+
+
 @pytest.mark.parametrize("name", WEIGHTED)
 def test_regularizer_sub_losses_are_reduced_per_name(name):
     """MultipleReducers: each sub-loss reduced on its own, summed (PML's DoNothingReducer dict too)."""
@@ -188,6 +201,15 @@ def test_regularizer_sub_losses_are_reduced_per_name(name):
     for key in pml_dict:
         assert ours_dict[key]["reduction_type"] == pml_dict[key]["reduction_type"]
         assert_close(ours_dict[key]["losses"], pml_dict[key]["losses"], TOL, key)
+
+
+@pytest.mark.parametrize("setting", DISTANCE_SETTINGS, ids=DISTANCE_IDS)
+def test_normalized_softmax_every_distance(setting):
+    ours_dist, pml_dist = make_distances(*setting)
+    for seed, scale in ((12, 1.0), (13, 3.0)):
+        ours_loss, pml_loss = build_pair("NormalizedSoftmaxLoss", distance=(ours_dist, pml_dist), temperature=0.5)
+        emb_BD, labels_B = make_inputs(seed, scale=scale)
+        compare("NormalizedSoftmaxLoss", ours_loss, pml_loss, emb_BD, labels_B)
 
 
 @pytest.mark.parametrize("name", ANGULAR)
@@ -268,6 +290,9 @@ def test_recorded_settings_and_arcface_margin_in_degrees():
     for name in WEIGHTED:
         columns = 9 if name == "SubCenterArcFaceLoss" else 3  # three sub-centers per class by default
         assert getattr(ours, name)(num_classes=3, embedding_size=4).W.shape == (4, columns)
+    assert ours.P2SGradLoss(4, 3).weight.shape == (4, 3)
+    norm_C = torch.linalg.vector_norm(ours.P2SGradLoss(4, 3).weight, dim=0)
+    assert torch.allclose(norm_C, torch.ones(3), atol=1e-6)
 
 
 @pytest.mark.parametrize("threshold", [75, 40, 10])
@@ -284,17 +309,22 @@ def test_subcenter_get_outliers(threshold, sub_centers):
     assert torch.equal(ours_loss.get_outliers(emb_BD, labels_B, threshold, return_dominant_centers=False), ours_out)
 
 
+def test_p2sgrad_warns_that_a_distance_has_no_effect():
+    with pytest.warns(UserWarning, match="no effect"):
+        ours.P2SGradLoss(4, 3, distance=ours_d.LpDistance())
+
+
 BAD = [
     ("ArcFaceLoss", dict(margin=180), "margin"), ("ArcFaceLoss", dict(margin=-1), "margin"),
     ("ArcFaceLoss", dict(scale=0), "scale"), ("CosFaceLoss", dict(margin=float("nan")), "margin"),
     ("LargeMarginSoftmaxLoss", dict(margin=2.5), "margin"), ("LargeMarginSoftmaxLoss", dict(margin=0), "margin"),
     ("SphereFaceLoss", dict(scale=-1), "scale"), ("SubCenterArcFaceLoss", dict(sub_centers=0), "sub_centers"),
-    ("ArcFaceLoss", dict(num_classes=0), "num_classes"),
+    ("NormalizedSoftmaxLoss", dict(temperature=0), "temperature"), ("ArcFaceLoss", dict(num_classes=0), "num_classes"),
     ("CosFaceLoss", dict(embedding_size=2.5), "embedding_size"),
     ("ArcFaceLoss", dict(weight_reg_weight="x"), "weight_reg_weight"),
     ("ArcFaceLoss", dict(weight_regularizer="LpRegularizer"), "weight_regularizer"),
     ("CosFaceLoss", dict(embedding_regularizer=3), "embedding_regularizer"),
-    ("CosFaceLoss", dict(weight_init_func=1), "weight_init_func"),
+    ("NormalizedSoftmaxLoss", dict(weight_init_func=1), "weight_init_func"),
 ]
 
 
@@ -303,6 +333,8 @@ def test_bad_arguments_name_the_value(name, kwargs, argument):
     options = dict(num_classes=3, embedding_size=4) | kwargs
     with pytest.raises(ValueError, match=f"{name}: {argument}"):
         getattr(ours, name)(**options)
+    with pytest.raises(ValueError, match="P2SGradLoss: descriptors_dim"):
+        ours.P2SGradLoss(0, 3)
 
 
 def test_margin_families_share_one_class_weight_base():
