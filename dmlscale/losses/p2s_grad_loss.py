@@ -56,8 +56,8 @@ class P2SGradLoss(RegularizedLoss):
             raise ValueError(f"{owner} does not take an indices_tuple (it scores every sample against every class)")
         check_class_inputs(owner, embeddings, labels, ref_emb, ref_labels, num_classes=self.num_classes,
                            embedding_size=self.descriptors_dim)
-        with torch.no_grad():
-            self.weight.copy_(unit_columns(self.weight))
+        # swapped in through .data, as PML: no version bump, so two calls may share one backward
+        self.weight.data = unit_columns(self.weight.data)
         weight_DC = self.weight.to(dtype=embeddings.dtype, device=embeddings.device)
         norm_x_B = torch.linalg.vector_norm(embeddings, ord=2, dim=1)
         cos_BC = torch.clamp((embeddings @ weight_DC) / norm_x_B[:, None], -1, 1)

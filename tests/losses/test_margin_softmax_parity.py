@@ -309,6 +309,32 @@ def test_subcenter_get_outliers(threshold, sub_centers):
     assert torch.equal(ours_loss.get_outliers(emb_BD, labels_B, threshold, return_dominant_centers=False), ours_out)
 
 
+def test_two_calls_one_backward_and_float32_weights():
+    """Two calls summed before one backward (P2SGrad renormalises its weights on every call), and float32 class
+    weights with float64 embeddings: ours keep W in float32 (cast inside the graph), PML turns W.data to float64."""
+    emb_BD, labels_B = make_inputs(20)
+    for name in ALL:
+        ours_loss, pml_loss = build_pair(name)
+        grads = []
+        for loss in (ours_loss, pml_loss):
+            leaf_BD = emb_BD.clone().requires_grad_(True)
+            (loss(leaf_BD, labels_B) + loss(leaf_BD * 3, labels_B.flip(0))).backward()
+            grads.append((leaf_BD.grad, getattr(loss, weight_name(name)).grad))
+        assert_close(grads[0][0], grads[1][0], TOL, f"{name} embeddings")
+        assert_close(grads[0][1], grads[1][1], TOL, f"{name} weights")
+        ours_loss, pml_loss = build_pair(name)
+        ours_loss.float()
+        pml_loss.float()
+        leaf_BD = emb_BD.clone().requires_grad_(True)
+        ours_value = ours_loss(leaf_BD, labels_B)
+        ours_value.backward()
+        weight = getattr(ours_loss, weight_name(name))
+        assert weight.dtype == weight.grad.dtype == torch.float32 and ours_value.dtype == torch.float64
+        pml_value = pml_loss(emb_BD, labels_B)
+        assert getattr(pml_loss, weight_name(name)).dtype == torch.float64
+        assert_close(ours_value, pml_value, TOL, f"{name} value with float32 weights")
+
+
 def test_p2sgrad_warns_that_a_distance_has_no_effect():
     with pytest.warns(UserWarning, match="no effect"):
         ours.P2SGradLoss(4, 3, distance=ours_d.LpDistance())
