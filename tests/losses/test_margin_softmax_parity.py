@@ -371,3 +371,12 @@ def test_margin_families_share_one_class_weight_base():
     for name in ANGULAR:
         assert issubclass(getattr(ours, name), ours.LargeMarginSoftmaxLoss)
     assert math.isclose(ours.ArcFaceLoss(num_classes=2, embedding_size=2).margin_radians, math.radians(28.6))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_cross_batch_memory_refuses_them_as_pml(name):
+    ours_loss, pml_loss = build_pair(name)
+    with pytest.raises(Exception, match=f"not supported for {name}"):
+        pml_losses.CrossBatchMemory(pml_loss, EMBEDDING_SIZE, memory_size=10)
+    with pytest.raises(ValueError, match=f"compares to references, got {name}"):
+        ours.CrossBatchMemory(ours_loss, EMBEDDING_SIZE, memory_size=10)
