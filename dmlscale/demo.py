@@ -53,7 +53,8 @@ def build_loss(name: str, *, num_classes: int, embedding_size: int) -> torch.nn.
     demo's class count and embedding size."""
     check_choice("--loss", name, DEMO_LOSSES)
     return build_component("loss", name, key="--loss",
-                           context={"num_classes": num_classes, "embedding_size": embedding_size})
+                           context={"num_classes": num_classes, "embedding_size": embedding_size,
+                                    "descriptors_dim": embedding_size})  # P2SGradLoss's name for the size
 
 
 def build_miner(name: str | None) -> torch.nn.Module | None:

@@ -10,6 +10,9 @@ DEMO_LOSSES = ("BatchAllTripletLoss", "BatchHardTripletLoss", "BinomialDevianceL
                "ContrastiveLoss", "DistanceWeightedMarginLoss", "GaussianWeightedNegativeLoss", "HardPairLoss",
                "MultiSimilarityLoss", "NCALoss", "NTXentLoss", "SoftMarginTripletLoss", "SupConLoss",
                "TripletMarginLoss")
+DEMO_LOSSES = tuple(sorted(DEMO_LOSSES + (  # margin-softmax losses: their class weights train with the model
+    "ArcFaceLoss", "CosFaceLoss", "LargeMarginSoftmaxLoss", "NormalizedSoftmaxLoss", "P2SGradLoss", "SphereFaceLoss",
+    "SubCenterArcFaceLoss")))
 DEMO_MINERS = ("AngularMiner", "BatchEasyHardMiner", "BatchHardMiner", "DistanceWeightedMiner", "HDCMiner",
                "MultiSimilarityMiner", "PairMarginMiner", "TripletMarginMiner", "UniformHistogramMiner")
 NOT_IN_DEMO = {

@@ -38,6 +38,7 @@ FULLY_ANNOTATED = [
     "monitor",
     "param_checks.py",
     "records.py",
+    "regularizers",
     "samplers",
 ]
 

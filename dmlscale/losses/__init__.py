@@ -1,6 +1,7 @@
 """Metric losses (pure math: no torch.distributed here). Drop-in compatible with pytorch-metric-learning."""
 
 from dmlscale.losses.base import BaseMetricLossFunction
+from dmlscale.losses.arcface_loss import ArcFaceLoss
 from dmlscale.losses.batch_all_triplet_loss import BatchAllTripletLoss
 from dmlscale.losses.batch_hard_triplet_loss import BatchHardTripletLoss
 from dmlscale.losses.binomial_deviance_loss import BinomialDevianceLoss
@@ -8,13 +9,17 @@ from dmlscale.losses.center_loss import CenterLoss
 from dmlscale.losses.circle_loss import CircleLoss
 from dmlscale.losses.clip_loss import ClipLoss
 from dmlscale.losses.contrastive_loss import ContrastiveLoss
+from dmlscale.losses.cosface_loss import CosFaceLoss
 from dmlscale.losses.distance_weighted_margin_loss import DistanceWeightedMarginLoss
 from dmlscale.losses.gaussian_weighted_negative_loss import GaussianWeightedNegativeLoss
 from dmlscale.losses.generic_pair_loss import GenericPairLoss
 from dmlscale.losses.hard_pair_loss import HardPairLoss
+from dmlscale.losses.large_margin_softmax_loss import LargeMarginSoftmaxLoss
 from dmlscale.losses.multi_similarity_loss import MultiSimilarityLoss
 from dmlscale.losses.nca_loss import NCALoss
+from dmlscale.losses.normalized_softmax_loss import NormalizedSoftmaxLoss
 from dmlscale.losses.ntxent_loss import NTXentLoss
+from dmlscale.losses.p2s_grad_loss import P2SGradLoss
 from dmlscale.losses.reducers import (
     AvgNonZeroReducer,
     BaseReducer,
@@ -29,10 +34,13 @@ from dmlscale.losses.reducers import (
 )
 from dmlscale.losses.siglip_loss import SigLipLoss
 from dmlscale.losses.soft_margin_triplet_loss import SoftMarginTripletLoss
+from dmlscale.losses.sphereface_loss import SphereFaceLoss
+from dmlscale.losses.subcenter_arcface_loss import SubCenterArcFaceLoss
 from dmlscale.losses.supcon_loss import SupConLoss
 from dmlscale.losses.triplet_margin_loss import TripletMarginLoss
 
 __all__ = [
+    "ArcFaceLoss",
     "AvgNonZeroReducer",
     "BaseMetricLossFunction",
     "BaseReducer",
@@ -44,20 +52,26 @@ __all__ = [
     "ClassWeightedReducer",
     "ClipLoss",
     "ContrastiveLoss",
+    "CosFaceLoss",
     "DistanceWeightedMarginLoss",
     "DivisorReducer",
     "DoNothingReducer",
     "GaussianWeightedNegativeLoss",
     "GenericPairLoss",
     "HardPairLoss",
+    "LargeMarginSoftmaxLoss",
     "MeanReducer",
     "MultiSimilarityLoss",
     "MultipleReducers",
     "NCALoss",
     "NTXentLoss",
+    "NormalizedSoftmaxLoss",
+    "P2SGradLoss",
     "PerAnchorReducer",
     "SigLipLoss",
     "SoftMarginTripletLoss",
+    "SphereFaceLoss",
+    "SubCenterArcFaceLoss",
     "SumReducer",
     "SupConLoss",
     "ThresholdReducer",

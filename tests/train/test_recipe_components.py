@@ -19,6 +19,9 @@ from dmlscale.train.session import current_form
 
 EMBEDDING_SIZE = 16
 REQUIRED = {"CenterLoss": {"num_classes": 10}}  # options without a default
+REQUIRED |= {name: {"num_classes": 10} for name in ("ArcFaceLoss", "CosFaceLoss", "LargeMarginSoftmaxLoss",
+                                                   "NormalizedSoftmaxLoss", "SphereFaceLoss", "SubCenterArcFaceLoss")}
+REQUIRED["P2SGradLoss"] = {"descriptors_dim": EMBEDDING_SIZE, "num_classes": 10}
 
 
 def label_recipe(tmp_path, loss: dict):
@@ -155,6 +158,13 @@ def test_a_required_option_and_a_loss_the_trainer_cannot_train_are_refused(tmp_p
     # its centres are loss parameters, which the engine (it trains the model's parameters) would leave untouched
     with pytest.raises(ValueError, match=r"loss.name='CenterLoss' has trainable parameters \(centres"):
         label_recipe(tmp_path, {"name": "CenterLoss", "options": {"num_classes": 10}})
+
+
+@pytest.mark.parametrize("name, parameter", [("ArcFaceLoss", "W"), ("SubCenterArcFaceLoss", "W"),
+                                             ("NormalizedSoftmaxLoss", "W"), ("P2SGradLoss", "weight")])
+def test_the_margin_softmax_losses_class_weights_are_refused_by_the_trainer(tmp_path, name, parameter):
+    with pytest.raises(ValueError, match=rf"loss.name='{name}' has trainable parameters \({parameter}\)"):
+        label_recipe(tmp_path, {"name": name, "options": dict(REQUIRED[name])})
 
 
 def test_image_text_loss_options_reach_the_distributed_loss():
