@@ -10,8 +10,10 @@ from dmlscale.losses.clip_loss import ClipLoss
 from dmlscale.losses.contrastive_loss import ContrastiveLoss
 from dmlscale.losses.distance_weighted_margin_loss import DistanceWeightedMarginLoss
 from dmlscale.losses.gaussian_weighted_negative_loss import GaussianWeightedNegativeLoss
+from dmlscale.losses.generalized_lifted_structure_loss import GeneralizedLiftedStructureLoss
 from dmlscale.losses.generic_pair_loss import GenericPairLoss
 from dmlscale.losses.hard_pair_loss import HardPairLoss
+from dmlscale.losses.lifted_structure_loss import LiftedStructureLoss
 from dmlscale.losses.multi_similarity_loss import MultiSimilarityLoss
 from dmlscale.losses.nca_loss import NCALoss
 from dmlscale.losses.ntxent_loss import NTXentLoss
@@ -43,8 +45,10 @@ __all__ = [
     "DistanceWeightedMarginLoss",
     "DoNothingReducer",
     "GaussianWeightedNegativeLoss",
+    "GeneralizedLiftedStructureLoss",
     "GenericPairLoss",
     "HardPairLoss",
+    "LiftedStructureLoss",
     "MeanReducer",
     "MultiSimilarityLoss",
     "MultipleReducers",
