@@ -6,10 +6,11 @@ checks that every other public name is refused)."""
 
 from __future__ import annotations
 
-DEMO_LOSSES = ("BatchAllTripletLoss", "BatchHardTripletLoss", "BinomialDevianceLoss", "CenterLoss",
-               "CircleLoss", "ContrastiveLoss", "DistanceWeightedMarginLoss", "GaussianWeightedNegativeLoss",
-               "GeneralizedLiftedStructureLoss", "HardPairLoss", "LiftedStructureLoss", "MultiSimilarityLoss",
-               "NCALoss", "NTXentLoss", "SoftMarginTripletLoss", "SupConLoss", "TripletMarginLoss")
+DEMO_LOSSES = ("AngularLoss", "BatchAllTripletLoss", "BatchHardTripletLoss", "BinomialDevianceLoss",
+               "CenterLoss", "CircleLoss", "ContrastiveLoss", "DistanceWeightedMarginLoss",
+               "GaussianWeightedNegativeLoss", "GeneralizedLiftedStructureLoss", "HardPairLoss",
+               "LiftedStructureLoss", "MultiSimilarityLoss", "NCALoss", "NTXentLoss", "SoftMarginTripletLoss",
+               "SupConLoss", "TripletMarginLoss")
 DEMO_MINERS = ("BatchEasyHardMiner", "BatchHardMiner", "DistanceWeightedMiner", "MultiSimilarityMiner",
                "PairMarginMiner", "TripletMarginMiner")
 NOT_IN_DEMO = {

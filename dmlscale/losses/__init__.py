@@ -1,5 +1,6 @@
 """Metric losses (pure math: no torch.distributed here). Drop-in compatible with pytorch-metric-learning."""
 
+from dmlscale.losses.angular_loss import AngularLoss
 from dmlscale.losses.base import BaseMetricLossFunction
 from dmlscale.losses.batch_all_triplet_loss import BatchAllTripletLoss
 from dmlscale.losses.batch_hard_triplet_loss import BatchHardTripletLoss
@@ -32,6 +33,7 @@ from dmlscale.losses.supcon_loss import SupConLoss
 from dmlscale.losses.triplet_margin_loss import TripletMarginLoss
 
 __all__ = [
+    "AngularLoss",
     "AvgNonZeroReducer",
     "BaseMetricLossFunction",
     "BaseReducer",
