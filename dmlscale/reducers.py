@@ -3,6 +3,7 @@
 from dmlscale.losses.reducers import (  # noqa: F401
     AvgNonZeroReducer,
     BaseReducer,
+    DivisorReducer,
     DoNothingReducer,
     MeanReducer,
     MultipleReducers,
@@ -10,5 +11,5 @@ from dmlscale.losses.reducers import (  # noqa: F401
     ThresholdReducer,
 )
 
-__all__ = ["AvgNonZeroReducer", "BaseReducer", "DoNothingReducer", "MeanReducer", "MultipleReducers", "SumReducer",
-           "ThresholdReducer"]
+__all__ = ["AvgNonZeroReducer", "BaseReducer", "DivisorReducer", "DoNothingReducer", "MeanReducer", "MultipleReducers",
+           "SumReducer", "ThresholdReducer"]

@@ -8,7 +8,8 @@ only the rows of its *local* queries against the *global* references; query row 
 offset_r + i, which the pure loss receives as `query_ref_index` so self pairs are dropped exactly as in
 one process. Mining runs on the same local-rows x global-columns matrix. The reducer is applied
 globally: element sums and counts travel in one all_reduce, so Mean, Sum, AvgNonZero and Threshold
-reducers give the single-process value.
+reducers give the single-process value; so does DivisorReducer (MarginLoss), whose per-rank divisors
+are summed like counts.
 
 What the returned tensor means: its *value* is the global loss, the same on every rank and equal to
 one process running the loss on the concatenated batch (not multiplied by W). Its *gradient* is W
@@ -34,6 +35,7 @@ from dmlscale.losses.base import BaseMetricLossFunction
 from dmlscale.losses.streamed_totals import TOTAL_KEY, supports_totals
 from dmlscale.losses.reducers import (
     BaseReducer,
+    DivisorReducer,
     DoNothingReducer,
     MeanReducer,
     MultipleReducers,
@@ -54,6 +56,8 @@ def _element_sum_and_count(reducer: BaseReducer, loss_info: dict, embeddings: to
         total, count = loss_info[TOTAL_KEY]
         return total + torch.sum(embeddings * 0), (None if isinstance(reducer, SumReducer) else count)
     losses = losses.reshape(-1)
+    if isinstance(reducer, DivisorReducer):  # the loss's own divisor is this rank's share of the global one
+        return losses.sum(), float(loss_info["divisor"])
     if isinstance(reducer, SumReducer):
         return losses.sum(), None
     if isinstance(reducer, ThresholdReducer):
@@ -63,7 +67,7 @@ def _element_sum_and_count(reducer: BaseReducer, loss_info: dict, embeddings: to
         return losses.sum(), losses.numel()
     raise ValueError(
         f"{type(reducer).__name__} cannot be reduced across ranks; use MeanReducer, SumReducer, "
-        "AvgNonZeroReducer, ThresholdReducer, MultipleReducers of those, or DoNothingReducer"
+        "AvgNonZeroReducer, DivisorReducer, ThresholdReducer, MultipleReducers of those, or DoNothingReducer"
     )
 
 

@@ -15,12 +15,14 @@ from dmlscale.losses.generalized_lifted_structure_loss import GeneralizedLiftedS
 from dmlscale.losses.generic_pair_loss import GenericPairLoss
 from dmlscale.losses.hard_pair_loss import HardPairLoss
 from dmlscale.losses.lifted_structure_loss import LiftedStructureLoss
+from dmlscale.losses.margin_loss import MarginLoss
 from dmlscale.losses.multi_similarity_loss import MultiSimilarityLoss
 from dmlscale.losses.nca_loss import NCALoss
 from dmlscale.losses.ntxent_loss import NTXentLoss
 from dmlscale.losses.reducers import (
     AvgNonZeroReducer,
     BaseReducer,
+    DivisorReducer,
     DoNothingReducer,
     MeanReducer,
     MultipleReducers,
@@ -45,12 +47,14 @@ __all__ = [
     "ClipLoss",
     "ContrastiveLoss",
     "DistanceWeightedMarginLoss",
+    "DivisorReducer",
     "DoNothingReducer",
     "GaussianWeightedNegativeLoss",
     "GeneralizedLiftedStructureLoss",
     "GenericPairLoss",
     "HardPairLoss",
     "LiftedStructureLoss",
+    "MarginLoss",
     "MeanReducer",
     "MultiSimilarityLoss",
     "MultipleReducers",

@@ -125,6 +125,30 @@ class AvgNonZeroReducer(ThresholdReducer):
         super().__init__(low=0, collect_stats=collect_stats)
 
 
+class DivisorReducer(BaseReducer):
+    """Sum of the elements divided by the `divisor` the loss puts in its entry (MarginLoss: the number
+    of active hinge terms); a zero divisor gives a connected zero."""
+
+    def __init__(self, collect_stats: bool = False) -> None:
+        super().__init__(collect_stats=collect_stats)
+        self.add_to_recordable_attributes(name="divisor", is_stat=True)
+
+    def reduce_the_loss(self, loss_info: dict, embeddings: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        losses, reduction_type = loss_info["losses"], loss_info["reduction_type"]
+        if reduction_type == "already_reduced" or (not torch.is_tensor(losses) and losses == 0):
+            return super().reduce_the_loss(loss_info, embeddings, labels)
+        if "divisor" not in loss_info:
+            raise ValueError(f"DivisorReducer needs a 'divisor' in the loss entry; got keys {sorted(loss_info)}")
+        self.divisor = loss_info["divisor"]
+        return super().reduce_the_loss(loss_info, embeddings, labels)
+
+    def element_reduction(self, losses: torch.Tensor, indices: Any, embeddings: torch.Tensor,
+                          labels: torch.Tensor | None) -> torch.Tensor:
+        if self.divisor == 0:
+            return zero_loss_like(embeddings)
+        return torch.sum(losses) / self.divisor
+
+
 class DoNothingReducer(BaseReducer):
     """Return the loss dictionary unchanged (per-element losses, for custom weighting)."""
 
