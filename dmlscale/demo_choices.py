@@ -9,8 +9,8 @@ from __future__ import annotations
 DEMO_LOSSES = ("AngularLoss", "BatchAllTripletLoss", "BatchHardTripletLoss", "BinomialDevianceLoss",
                "CenterLoss", "CircleLoss", "ContrastiveLoss", "DistanceWeightedMarginLoss",
                "GaussianWeightedNegativeLoss", "GeneralizedLiftedStructureLoss", "HardPairLoss",
-               "LiftedStructureLoss", "MarginLoss", "MultiSimilarityLoss", "NCALoss", "NTXentLoss",
-               "SoftMarginTripletLoss", "SupConLoss", "TripletMarginLoss")
+               "LiftedStructureLoss", "MarginLoss", "MultiSimilarityLoss", "NCALoss", "NPairsLoss",
+               "NTXentLoss", "SoftMarginTripletLoss", "SupConLoss", "TripletMarginLoss")
 DEMO_MINERS = ("BatchEasyHardMiner", "BatchHardMiner", "DistanceWeightedMiner", "MultiSimilarityMiner",
                "PairMarginMiner", "TripletMarginMiner")
 NOT_IN_DEMO = {

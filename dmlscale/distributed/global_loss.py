@@ -154,7 +154,11 @@ class DistributedLoss(torch.nn.Module):
             indices_tuple = tuple_to_reference_rows(indices_tuple, query_ref_index)
         loss_dict = self.loss.loss_dict(embeddings, labels, indices_tuple, all_emb, all_labels,
                                         query_ref_index=query_ref_index)
-        return global_reduce(self.loss.reducer, loss_dict, embeddings, self.group)
+        # every rank must run the gather's backward (an all_reduce), also one whose rows used no reference
+        # (NPairsLoss on a rank holding no anchor, a miner that found nothing here): a zero keeps it connected
+        connect = torch.sum(all_emb * 0)
+        reduced = global_reduce(self.loss.reducer, loss_dict, embeddings, self.group)
+        return reduced if isinstance(reduced, dict) else reduced + connect
 
 
 __all__ = ["DistributedLoss", "DistributedMiner", "gather_batch", "global_reduce"]

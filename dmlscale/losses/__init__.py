@@ -17,6 +17,7 @@ from dmlscale.losses.hard_pair_loss import HardPairLoss
 from dmlscale.losses.lifted_structure_loss import LiftedStructureLoss
 from dmlscale.losses.margin_loss import MarginLoss
 from dmlscale.losses.multi_similarity_loss import MultiSimilarityLoss
+from dmlscale.losses.n_pairs_loss import NPairsLoss
 from dmlscale.losses.nca_loss import NCALoss
 from dmlscale.losses.ntxent_loss import NTXentLoss
 from dmlscale.losses.reducers import (
@@ -59,6 +60,7 @@ __all__ = [
     "MultiSimilarityLoss",
     "MultipleReducers",
     "NCALoss",
+    "NPairsLoss",
     "NTXentLoss",
     "SigLipLoss",
     "SoftMarginTripletLoss",

@@ -34,6 +34,7 @@ CASES = {
     "generalized-lifted": (lambda: losses.GeneralizedLiftedStructureLoss(neg_margin=1.2, pos_margin=0.1), None),
     "angular": (lambda: losses.AngularLoss(alpha=35), None),
     "margin": (lambda: losses.MarginLoss(margin=0.2, beta=0.8), None),
+    "npairs": (lambda: losses.NPairsLoss(), None),
     "triplet+batch-hard": (lambda: losses.TripletMarginLoss(margin=0.3), lambda: miners.BatchHardMiner()),
     "triplet+easy-hard": (lambda: losses.TripletMarginLoss(margin=0.3),
                           lambda: miners.BatchEasyHardMiner(pos_strategy="easy", neg_strategy="hard")),
