@@ -10,7 +10,8 @@ DEMO_LOSSES = ("AngularLoss", "BatchAllTripletLoss", "BatchHardTripletLoss", "Bi
                "CenterLoss", "CircleLoss", "ContrastiveLoss", "DistanceWeightedMarginLoss",
                "GaussianWeightedNegativeLoss", "GeneralizedLiftedStructureLoss", "HardPairLoss",
                "LiftedStructureLoss", "MarginLoss", "MultiSimilarityLoss", "NCALoss", "NPairsLoss",
-               "NTXentLoss", "SoftMarginTripletLoss", "SupConLoss", "TripletMarginLoss")
+               "NTXentLoss", "SignalToNoiseRatioContrastiveLoss", "SoftMarginTripletLoss", "SupConLoss",
+               "TripletMarginLoss", "TupletMarginLoss")
 DEMO_MINERS = ("BatchEasyHardMiner", "BatchHardMiner", "DistanceWeightedMiner", "MultiSimilarityMiner",
                "PairMarginMiner", "TripletMarginMiner")
 NOT_IN_DEMO = {

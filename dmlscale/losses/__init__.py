@@ -31,9 +31,11 @@ from dmlscale.losses.reducers import (
     ThresholdReducer,
 )
 from dmlscale.losses.siglip_loss import SigLipLoss
+from dmlscale.losses.signal_to_noise_ratio_contrastive_loss import SignalToNoiseRatioContrastiveLoss
 from dmlscale.losses.soft_margin_triplet_loss import SoftMarginTripletLoss
 from dmlscale.losses.supcon_loss import SupConLoss
 from dmlscale.losses.triplet_margin_loss import TripletMarginLoss
+from dmlscale.losses.tuplet_margin_loss import TupletMarginLoss
 
 __all__ = [
     "AngularLoss",
@@ -63,11 +65,13 @@ __all__ = [
     "NPairsLoss",
     "NTXentLoss",
     "SigLipLoss",
+    "SignalToNoiseRatioContrastiveLoss",
     "SoftMarginTripletLoss",
     "SumReducer",
     "SupConLoss",
     "ThresholdReducer",
     "TripletMarginLoss",
+    "TupletMarginLoss",
 ]
 
 

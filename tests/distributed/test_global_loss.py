@@ -35,6 +35,8 @@ CASES = {
     "angular": (lambda: losses.AngularLoss(alpha=35), None),
     "margin": (lambda: losses.MarginLoss(margin=0.2, beta=0.8), None),
     "npairs": (lambda: losses.NPairsLoss(), None),
+    "tuplet": (lambda: losses.TupletMarginLoss(scale=16), None),
+    "snr-contrastive": (lambda: losses.SignalToNoiseRatioContrastiveLoss(pos_margin=0.2, neg_margin=1.2), None),
     "triplet+batch-hard": (lambda: losses.TripletMarginLoss(margin=0.3), lambda: miners.BatchHardMiner()),
     "triplet+easy-hard": (lambda: losses.TripletMarginLoss(margin=0.3),
                           lambda: miners.BatchEasyHardMiner(pos_strategy="easy", neg_strategy="hard")),
