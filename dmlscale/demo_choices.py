@@ -9,9 +9,9 @@ from __future__ import annotations
 DEMO_LOSSES = ("AngularLoss", "BatchAllTripletLoss", "BatchHardTripletLoss", "BinomialDevianceLoss",
                "CenterLoss", "CircleLoss", "ContrastiveLoss", "DistanceWeightedMarginLoss",
                "GaussianWeightedNegativeLoss", "GeneralizedLiftedStructureLoss", "HardPairLoss",
-               "LiftedStructureLoss", "MarginLoss", "MultiSimilarityLoss", "NCALoss", "NPairsLoss",
-               "NTXentLoss", "SignalToNoiseRatioContrastiveLoss", "SoftMarginTripletLoss", "SupConLoss",
-               "TripletMarginLoss", "TupletMarginLoss")
+               "IntraPairVarianceLoss", "LiftedStructureLoss", "MarginLoss", "MultiSimilarityLoss", "NCALoss",
+               "NPairsLoss", "NTXentLoss", "SignalToNoiseRatioContrastiveLoss", "SoftMarginTripletLoss",
+               "SupConLoss", "TripletMarginLoss", "TupletMarginLoss")
 DEMO_MINERS = ("BatchEasyHardMiner", "BatchHardMiner", "DistanceWeightedMiner", "MultiSimilarityMiner",
                "PairMarginMiner", "TripletMarginMiner")
 NOT_IN_DEMO = {

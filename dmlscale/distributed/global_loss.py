@@ -144,6 +144,10 @@ class DistributedLoss(torch.nn.Module):
             raise ValueError("DistributedLoss builds the reference batch itself; ref_emb/ref_labels must be None")
         if self.miner is not None and indices_tuple is not None:
             raise ValueError("pass either a miner to DistributedLoss or an indices_tuple, not both")
+        if self.loss.uses_batch_statistics and world_rank_and_size(self.group)[1] > 1:
+            raise ValueError(f"DistributedLoss cannot split {type(self.loss).__name__} across ranks exactly: it uses "
+                             "statistics over all the pairs of the batch, which each rank would take from its own "
+                             "rows; train it on one process")
         if not self.loss.compares_to_reference:
             loss_dict = self.loss.loss_dict(embeddings, labels, indices_tuple)
             return global_reduce(self.loss.reducer, loss_dict, embeddings, self.group)

@@ -132,6 +132,11 @@ def _rank_run(rank, world_size, sizes):
            for name in ALL_CASES}
     emb = model.module.image(x_ND[start:stop]).detach()
     out["random"] = {name: make()(emb, labels_N[start:stop]).item() for name, make in RANDOM_CASES.items()}
+    try:  # a loss with whole-batch statistics runs on one process and is refused on more
+        DistributedLoss(losses.IntraPairVarianceLoss())(emb, labels_N[start:stop])
+        out["batch-statistics"] = "ran"
+    except ValueError as error:
+        out["batch-statistics"] = str(error)
     return out
 
 
@@ -144,6 +149,8 @@ def test_distributed_equals_single_process(sizes):
     for name in RANDOM_CASES:
         values = [outcome["random"][name] for outcome in per_rank]
         assert all(v == values[0] for v in values) and 0 < values[0] < float("inf"), (name, values)
+    for outcome in per_rank:
+        assert ("cannot split IntraPairVarianceLoss" in outcome["batch-statistics"]) == (len(sizes) > 1), outcome
     nontrivial = 0
     for name, (value, grads) in expected.items():
         nontrivial += value != 0
