@@ -7,17 +7,19 @@ checks that every other public name is refused)."""
 from __future__ import annotations
 
 DEMO_LOSSES = ("AngularLoss", "BatchAllTripletLoss", "BatchHardTripletLoss", "BinomialDevianceLoss",
-               "CenterLoss", "CircleLoss", "ContrastiveLoss", "DistanceWeightedMarginLoss",
+               "CenterLoss", "CircleLoss", "ContrastiveLoss", "DistanceWeightedMarginLoss", "FastAPLoss",
                "GaussianWeightedNegativeLoss", "GeneralizedLiftedStructureLoss", "HardPairLoss",
                "IntraPairVarianceLoss", "LiftedStructureLoss", "MarginLoss", "MultiSimilarityLoss", "NCALoss",
-               "NPairsLoss", "NTXentLoss", "SignalToNoiseRatioContrastiveLoss", "SoftMarginTripletLoss",
-               "SupConLoss", "TripletMarginLoss", "TupletMarginLoss")
+               "NPairsLoss", "NTXentLoss", "SignalToNoiseRatioContrastiveLoss",
+               "SoftMarginTripletLoss", "SupConLoss", "TripletMarginLoss", "TupletMarginLoss")
 DEMO_MINERS = ("BatchEasyHardMiner", "BatchHardMiner", "DistanceWeightedMiner", "MultiSimilarityMiner",
                "PairMarginMiner", "TripletMarginMiner")
 NOT_IN_DEMO = {
     "ClipLoss": "it scores image-text feature pairs, not labelled embeddings; `dmlscale train` trains CLIP",
     "SigLipLoss": "it scores image-text feature pairs, not labelled embeddings; "
                   "`dmlscale train loss.name=siglip` trains SigLIP",
+    "RankedListLoss": "it has required options (margin, Tn) the demo does not ask for; "
+                      "`dmlscale train loss.name=RankedListLoss` takes them as loss.options",
     "GenericPairLoss": "it is the base class of the pair losses, not a loss to train",
     "BaseMetricLossFunction": "it is the base class of every loss, not a loss to train",
     "BaseMiner": "it is the base class of every miner, not a miner to use",

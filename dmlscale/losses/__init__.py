@@ -10,6 +10,7 @@ from dmlscale.losses.circle_loss import CircleLoss
 from dmlscale.losses.clip_loss import ClipLoss
 from dmlscale.losses.contrastive_loss import ContrastiveLoss
 from dmlscale.losses.distance_weighted_margin_loss import DistanceWeightedMarginLoss
+from dmlscale.losses.fast_ap_loss import FastAPLoss
 from dmlscale.losses.gaussian_weighted_negative_loss import GaussianWeightedNegativeLoss
 from dmlscale.losses.generalized_lifted_structure_loss import GeneralizedLiftedStructureLoss
 from dmlscale.losses.generic_pair_loss import GenericPairLoss
@@ -21,6 +22,7 @@ from dmlscale.losses.multi_similarity_loss import MultiSimilarityLoss
 from dmlscale.losses.n_pairs_loss import NPairsLoss
 from dmlscale.losses.nca_loss import NCALoss
 from dmlscale.losses.ntxent_loss import NTXentLoss
+from dmlscale.losses.ranked_list_loss import RankedListLoss
 from dmlscale.losses.reducers import (
     AvgNonZeroReducer,
     BaseReducer,
@@ -53,6 +55,7 @@ __all__ = [
     "DistanceWeightedMarginLoss",
     "DivisorReducer",
     "DoNothingReducer",
+    "FastAPLoss",
     "GaussianWeightedNegativeLoss",
     "GeneralizedLiftedStructureLoss",
     "GenericPairLoss",
@@ -66,6 +69,7 @@ __all__ = [
     "NCALoss",
     "NPairsLoss",
     "NTXentLoss",
+    "RankedListLoss",
     "SigLipLoss",
     "SignalToNoiseRatioContrastiveLoss",
     "SoftMarginTripletLoss",

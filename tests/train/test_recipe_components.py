@@ -17,7 +17,7 @@ from dmlscale.train.schema import section_from_dict
 from dmlscale.train.session import current_form
 
 EMBEDDING_SIZE = 16
-REQUIRED = {"CenterLoss": {"num_classes": 10}}  # options without a default
+REQUIRED = {"CenterLoss": {"num_classes": 10}, "RankedListLoss": {"margin": 0.4, "Tn": 4}}  # options without a default
 
 
 def label_recipe(tmp_path, loss: dict):
