@@ -37,6 +37,7 @@ from dmlscale.losses.siglip_loss import SigLipLoss
 from dmlscale.losses.signal_to_noise_ratio_contrastive_loss import SignalToNoiseRatioContrastiveLoss
 from dmlscale.losses.soft_margin_triplet_loss import SoftMarginTripletLoss
 from dmlscale.losses.supcon_loss import SupConLoss
+from dmlscale.losses.threshold_consistent_margin_loss import ThresholdConsistentMarginLoss
 from dmlscale.losses.triplet_margin_loss import TripletMarginLoss
 from dmlscale.losses.tuplet_margin_loss import TupletMarginLoss
 
@@ -75,6 +76,7 @@ __all__ = [
     "SoftMarginTripletLoss",
     "SumReducer",
     "SupConLoss",
+    "ThresholdConsistentMarginLoss",
     "ThresholdReducer",
     "TripletMarginLoss",
     "TupletMarginLoss",

@@ -39,6 +39,7 @@ CASES = {
     "snr-contrastive": (lambda: losses.SignalToNoiseRatioContrastiveLoss(pos_margin=0.2, neg_margin=1.2), None),
     "fast-ap": (lambda: losses.FastAPLoss(num_bins=6), None),
     "ranked-list": (lambda: losses.RankedListLoss(margin=0.4, Tn=4), None),
+    "tcm": (lambda: losses.ThresholdConsistentMarginLoss(margin_plus=0.5, margin_minus=0.0), None),
     "triplet+batch-hard": (lambda: losses.TripletMarginLoss(margin=0.3), lambda: miners.BatchHardMiner()),
     "triplet+easy-hard": (lambda: losses.TripletMarginLoss(margin=0.3),
                           lambda: miners.BatchEasyHardMiner(pos_strategy="easy", neg_strategy="hard")),
