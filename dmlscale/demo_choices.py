@@ -10,8 +10,9 @@ DEMO_LOSSES = ("AngularLoss", "BatchAllTripletLoss", "BatchHardTripletLoss", "Bi
                "CenterLoss", "CircleLoss", "ContrastiveLoss", "DistanceWeightedMarginLoss", "FastAPLoss",
                "GaussianWeightedNegativeLoss", "GeneralizedLiftedStructureLoss", "HardPairLoss",
                "IntraPairVarianceLoss", "LiftedStructureLoss", "MarginLoss", "MultiSimilarityLoss", "NCALoss",
-               "NPairsLoss", "NTXentLoss", "SignalToNoiseRatioContrastiveLoss", "SoftMarginTripletLoss",
-               "SupConLoss", "ThresholdConsistentMarginLoss", "TripletMarginLoss", "TupletMarginLoss")
+               "NPairsLoss", "NTXentLoss", "PNPLoss", "SignalToNoiseRatioContrastiveLoss",
+               "SoftMarginTripletLoss", "SupConLoss", "ThresholdConsistentMarginLoss", "TripletMarginLoss",
+               "TupletMarginLoss")
 DEMO_MINERS = ("BatchEasyHardMiner", "BatchHardMiner", "DistanceWeightedMiner", "MultiSimilarityMiner",
                "PairMarginMiner", "TripletMarginMiner")
 NOT_IN_DEMO = {

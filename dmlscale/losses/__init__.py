@@ -22,6 +22,7 @@ from dmlscale.losses.multi_similarity_loss import MultiSimilarityLoss
 from dmlscale.losses.n_pairs_loss import NPairsLoss
 from dmlscale.losses.nca_loss import NCALoss
 from dmlscale.losses.ntxent_loss import NTXentLoss
+from dmlscale.losses.pnp_loss import PNPLoss
 from dmlscale.losses.ranked_list_loss import RankedListLoss
 from dmlscale.losses.reducers import (
     AvgNonZeroReducer,
@@ -70,6 +71,7 @@ __all__ = [
     "NCALoss",
     "NPairsLoss",
     "NTXentLoss",
+    "PNPLoss",
     "RankedListLoss",
     "SigLipLoss",
     "SignalToNoiseRatioContrastiveLoss",

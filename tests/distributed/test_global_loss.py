@@ -40,6 +40,7 @@ CASES = {
     "fast-ap": (lambda: losses.FastAPLoss(num_bins=6), None),
     "ranked-list": (lambda: losses.RankedListLoss(margin=0.4, Tn=4), None),
     "tcm": (lambda: losses.ThresholdConsistentMarginLoss(margin_plus=0.5, margin_minus=0.0), None),
+    "pnp": (lambda: losses.PNPLoss(anneal=0.1, variant="Ds"), None),
     "triplet+batch-hard": (lambda: losses.TripletMarginLoss(margin=0.3), lambda: miners.BatchHardMiner()),
     "triplet+easy-hard": (lambda: losses.TripletMarginLoss(margin=0.3),
                           lambda: miners.BatchEasyHardMiner(pos_strategy="easy", neg_strategy="hard")),
