@@ -10,7 +10,7 @@ DEMO_LOSSES = ("AngularLoss", "BatchAllTripletLoss", "BatchHardTripletLoss", "Bi
                "CenterLoss", "CircleLoss", "ContrastiveLoss", "DistanceWeightedMarginLoss", "FastAPLoss",
                "GaussianWeightedNegativeLoss", "GeneralizedLiftedStructureLoss", "HardPairLoss",
                "IntraPairVarianceLoss", "LiftedStructureLoss", "MarginLoss", "MultiSimilarityLoss", "NCALoss",
-               "NPairsLoss", "NTXentLoss", "PNPLoss", "SignalToNoiseRatioContrastiveLoss",
+               "NPairsLoss", "NTXentLoss", "PNPLoss", "SignalToNoiseRatioContrastiveLoss", "SmoothAPLoss",
                "SoftMarginTripletLoss", "SupConLoss", "ThresholdConsistentMarginLoss", "TripletMarginLoss",
                "TupletMarginLoss")
 DEMO_MINERS = ("BatchEasyHardMiner", "BatchHardMiner", "DistanceWeightedMiner", "MultiSimilarityMiner",

@@ -36,6 +36,7 @@ from dmlscale.losses.reducers import (
 )
 from dmlscale.losses.siglip_loss import SigLipLoss
 from dmlscale.losses.signal_to_noise_ratio_contrastive_loss import SignalToNoiseRatioContrastiveLoss
+from dmlscale.losses.smooth_ap_loss import SmoothAPLoss
 from dmlscale.losses.soft_margin_triplet_loss import SoftMarginTripletLoss
 from dmlscale.losses.supcon_loss import SupConLoss
 from dmlscale.losses.threshold_consistent_margin_loss import ThresholdConsistentMarginLoss
@@ -75,6 +76,7 @@ __all__ = [
     "RankedListLoss",
     "SigLipLoss",
     "SignalToNoiseRatioContrastiveLoss",
+    "SmoothAPLoss",
     "SoftMarginTripletLoss",
     "SumReducer",
     "SupConLoss",

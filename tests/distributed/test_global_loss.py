@@ -41,6 +41,7 @@ CASES = {
     "ranked-list": (lambda: losses.RankedListLoss(margin=0.4, Tn=4), None),
     "tcm": (lambda: losses.ThresholdConsistentMarginLoss(margin_plus=0.5, margin_minus=0.0), None),
     "pnp": (lambda: losses.PNPLoss(anneal=0.1, variant="Ds"), None),
+    "smooth-ap": (lambda: losses.SmoothAPLoss(temperature=0.1), None),
     "triplet+batch-hard": (lambda: losses.TripletMarginLoss(margin=0.3), lambda: miners.BatchHardMiner()),
     "triplet+easy-hard": (lambda: losses.TripletMarginLoss(margin=0.3),
                           lambda: miners.BatchEasyHardMiner(pos_strategy="easy", neg_strategy="hard")),
