@@ -9,10 +9,10 @@ from __future__ import annotations
 DEMO_LOSSES = ("AngularLoss", "BatchAllTripletLoss", "BatchHardTripletLoss", "BinomialDevianceLoss",
                "CenterLoss", "CircleLoss", "ContrastiveLoss", "DistanceWeightedMarginLoss", "FastAPLoss",
                "GaussianWeightedNegativeLoss", "GeneralizedLiftedStructureLoss", "HardPairLoss",
-               "IntraPairVarianceLoss", "LiftedStructureLoss", "MarginLoss", "MultiSimilarityLoss", "NCALoss",
-               "NPairsLoss", "NTXentLoss", "PNPLoss", "SignalToNoiseRatioContrastiveLoss", "SmoothAPLoss",
-               "SoftMarginTripletLoss", "SupConLoss", "ThresholdConsistentMarginLoss", "TripletMarginLoss",
-               "TupletMarginLoss")
+               "HistogramLoss", "IntraPairVarianceLoss", "LiftedStructureLoss", "MarginLoss",
+               "MultiSimilarityLoss", "NCALoss", "NPairsLoss", "NTXentLoss", "PNPLoss",
+               "SignalToNoiseRatioContrastiveLoss", "SmoothAPLoss", "SoftMarginTripletLoss", "SupConLoss",
+               "ThresholdConsistentMarginLoss", "TripletMarginLoss", "TupletMarginLoss")
 DEMO_MINERS = ("BatchEasyHardMiner", "BatchHardMiner", "DistanceWeightedMiner", "MultiSimilarityMiner",
                "PairMarginMiner", "TripletMarginMiner")
 NOT_IN_DEMO = {

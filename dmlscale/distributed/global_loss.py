@@ -44,13 +44,15 @@ from dmlscale.losses.reducers import (
 )
 
 
-def _element_sum_and_count(reducer: BaseReducer, loss_info: dict, embeddings: torch.Tensor):
+def _element_sum_and_count(reducer: BaseReducer, loss_info: dict, embeddings: torch.Tensor, world_size: int):
     """This rank's (sum of kept elements, number of kept elements or None for a plain sum)."""
     losses, reduction_type = loss_info["losses"], loss_info["reduction_type"]
     if not torch.is_tensor(losses) and losses == 0:
         zero = torch.sum(embeddings * 0)
         return zero, (None if isinstance(reducer, SumReducer) else 0)
     if reduction_type == "already_reduced":
+        if world_size == 1:  # one process: the value is the loss, added like a plain sum
+            return losses.reshape(()), None
         raise ValueError("a loss that returns an already reduced value cannot be reduced across ranks exactly")
     if TOTAL_KEY in loss_info and supports_totals(reducer):  # streamed (sum, count): no per-term mask
         total, count = loss_info[TOTAL_KEY]
@@ -83,7 +85,7 @@ def global_reduce(reducer: BaseReducer, loss_dict: dict, embeddings: torch.Tenso
         if len(loss_dict) != 1:
             raise ValueError(f"{type(reducer).__name__} reduces one sub-loss, got {sorted(loss_dict)}")
         parts = [(reducer, next(iter(loss_dict.values())))]
-    sums, counts = zip(*(_element_sum_and_count(r, info, embeddings) for r, info in parts))
+    sums, counts = zip(*(_element_sum_and_count(r, info, embeddings, world_size) for r, info in parts))
     totals = torch.tensor([float(s.detach()) for s in sums] + [float(c or 0) for c in counts], dtype=torch.float64,
                           device=embeddings.device)
     totals = all_reduce_sum_no_grad(totals, group)

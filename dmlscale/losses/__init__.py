@@ -15,6 +15,7 @@ from dmlscale.losses.gaussian_weighted_negative_loss import GaussianWeightedNega
 from dmlscale.losses.generalized_lifted_structure_loss import GeneralizedLiftedStructureLoss
 from dmlscale.losses.generic_pair_loss import GenericPairLoss
 from dmlscale.losses.hard_pair_loss import HardPairLoss
+from dmlscale.losses.histogram_loss import HistogramLoss
 from dmlscale.losses.intra_pair_variance_loss import IntraPairVarianceLoss
 from dmlscale.losses.lifted_structure_loss import LiftedStructureLoss
 from dmlscale.losses.margin_loss import MarginLoss
@@ -63,6 +64,7 @@ __all__ = [
     "GeneralizedLiftedStructureLoss",
     "GenericPairLoss",
     "HardPairLoss",
+    "HistogramLoss",
     "IntraPairVarianceLoss",
     "LiftedStructureLoss",
     "MarginLoss",

@@ -21,7 +21,8 @@ class IntraPairVarianceLoss(GenericPairLoss):
     """Intra-pair variance loss (Yu et al. 2019), for similarities s with means mu_pos, mu_neg over
     the positive and negative pairs:
 
-        L_pos = [(1 - pos_eps) mu_pos - s_ap]_+^2 per positive pair,  L_neg = [s_an - (1 + neg_eps) mu_neg]_+^2 per negative pair
+        L_pos = [(1 - pos_eps) mu_pos - s_ap]_+^2 per positive pair,
+        L_neg = [s_an - (1 + neg_eps) mu_neg]_+^2 per negative pair
 
     (for a distance, the roles swap: [d_ap - (1 + pos_eps) mu_pos]_+^2 and [(1 - neg_eps) mu_neg - d_an]_+^2).
     The means keep their gradient. Each part is reduced on its own (MeanReducer) and the two are summed.

@@ -66,8 +66,10 @@ class RankedListLoss(BaseMetricLossFunction):
         zero = torch.zeros((), dtype=mat_BR.dtype, device=mat_BR.device)
         w_pos_BR = torch.where(pos_BR, torch.exp(self.Tp * (mat_BR - pos_boundary)), zero)
         w_neg_BR = torch.where(neg_BR, torch.exp(self.Tn * (self.alpha - mat_BR)), zero)
-        pos_B = (w_pos_BR * torch.where(pos_BR, mat_BR - pos_boundary, zero)).sum(dim=1) / (w_pos_BR + SMOOTHING).sum(dim=1)
-        neg_B = (w_neg_BR * torch.where(neg_BR, self.alpha - mat_BR, zero)).sum(dim=1) / (w_neg_BR + SMOOTHING).sum(dim=1)
+        pos_B = (w_pos_BR * torch.where(pos_BR, mat_BR - pos_boundary, zero)).sum(dim=1)
+        pos_B = pos_B / (w_pos_BR + SMOOTHING).sum(dim=1)
+        neg_B = (w_neg_BR * torch.where(neg_BR, self.alpha - mat_BR, zero)).sum(dim=1)
+        neg_B = neg_B / (w_neg_BR + SMOOTHING).sum(dim=1)
         losses_B = (1 - self.imbalance) * pos_B + self.imbalance * neg_B
         return {"loss": {"losses": losses_B, "indices": torch.arange(len(losses_B), device=losses_B.device),
                          "reduction_type": "element"}}
