@@ -7,12 +7,13 @@ checks that every other public name is refused)."""
 from __future__ import annotations
 
 DEMO_LOSSES = ("AngularLoss", "BatchAllTripletLoss", "BatchHardTripletLoss", "BinomialDevianceLoss",
-               "CenterLoss", "CircleLoss", "ContrastiveLoss", "DistanceWeightedMarginLoss", "FastAPLoss",
-               "GaussianWeightedNegativeLoss", "GeneralizedLiftedStructureLoss", "HardPairLoss",
-               "HistogramLoss", "IntraPairVarianceLoss", "LiftedStructureLoss", "MarginLoss",
-               "MultiSimilarityLoss", "NCALoss", "NPairsLoss", "NTXentLoss", "PNPLoss",
-               "SignalToNoiseRatioContrastiveLoss", "SmoothAPLoss", "SoftMarginTripletLoss", "SupConLoss",
-               "ThresholdConsistentMarginLoss", "TripletMarginLoss", "TupletMarginLoss")
+               "CenterLoss", "CircleLoss", "ContrastiveLoss", "DistanceWeightedMarginLoss",
+               "DynamicSoftMarginLoss", "FastAPLoss", "GaussianWeightedNegativeLoss",
+               "GeneralizedLiftedStructureLoss", "HardPairLoss", "HistogramLoss", "IntraPairVarianceLoss",
+               "LiftedStructureLoss", "MarginLoss", "MultiSimilarityLoss", "NCALoss", "NPairsLoss",
+               "NTXentLoss", "PNPLoss", "SignalToNoiseRatioContrastiveLoss", "SmoothAPLoss",
+               "SoftMarginTripletLoss", "SupConLoss", "ThresholdConsistentMarginLoss", "TripletMarginLoss",
+               "TupletMarginLoss")
 DEMO_MINERS = ("BatchEasyHardMiner", "BatchHardMiner", "DistanceWeightedMiner", "MultiSimilarityMiner",
                "PairMarginMiner", "TripletMarginMiner")
 NOT_IN_DEMO = {

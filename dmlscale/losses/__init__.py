@@ -10,6 +10,7 @@ from dmlscale.losses.circle_loss import CircleLoss
 from dmlscale.losses.clip_loss import ClipLoss
 from dmlscale.losses.contrastive_loss import ContrastiveLoss
 from dmlscale.losses.distance_weighted_margin_loss import DistanceWeightedMarginLoss
+from dmlscale.losses.dynamic_soft_margin_loss import DynamicSoftMarginLoss
 from dmlscale.losses.fast_ap_loss import FastAPLoss
 from dmlscale.losses.gaussian_weighted_negative_loss import GaussianWeightedNegativeLoss
 from dmlscale.losses.generalized_lifted_structure_loss import GeneralizedLiftedStructureLoss
@@ -59,6 +60,7 @@ __all__ = [
     "DistanceWeightedMarginLoss",
     "DivisorReducer",
     "DoNothingReducer",
+    "DynamicSoftMarginLoss",
     "FastAPLoss",
     "GaussianWeightedNegativeLoss",
     "GeneralizedLiftedStructureLoss",
