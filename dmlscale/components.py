@@ -38,7 +38,9 @@ def component_classes(kind: str) -> dict[str, type]:
     """Every class of `kind` ("loss", "miner", "reducer" or "distance") a recipe may name, by class name."""
     if kind == "loss":
         found = _exported(losses, torch.nn.Module)
-        return {name: cls for name, cls in found.items() if name not in component_classes("reducer")}
+        # a loss whose ref_emb is a second view (VICRegLoss) needs two views the trainer does not make
+        return {name: cls for name, cls in found.items()
+                if name not in component_classes("reducer") and not getattr(cls, "ref_emb_is_second_view", False)}
     if kind == "miner":
         return _exported(miners, miners.BaseMiner)
     if kind == "reducer":

@@ -136,6 +136,9 @@ class DistributedLoss(torch.nn.Module):
         super().__init__()
         if not isinstance(loss, BaseMetricLossFunction):
             raise ValueError(f"DistributedLoss wraps a dmlscale metric loss, got {type(loss).__name__}")
+        if getattr(loss, "ref_emb_is_second_view", False):
+            raise ValueError(f"DistributedLoss cannot wrap {type(loss).__name__}: its ref_emb is a second view of "
+                             "the same samples, not a reference batch to gather")
         self.loss = loss
         self.miner = miner
         self.group = group

@@ -44,6 +44,7 @@ from dmlscale.losses.supcon_loss import SupConLoss
 from dmlscale.losses.threshold_consistent_margin_loss import ThresholdConsistentMarginLoss
 from dmlscale.losses.triplet_margin_loss import TripletMarginLoss
 from dmlscale.losses.tuplet_margin_loss import TupletMarginLoss
+from dmlscale.losses.vicreg_loss import VICRegLoss
 
 __all__ = [
     "AngularLoss",
@@ -88,6 +89,7 @@ __all__ = [
     "ThresholdReducer",
     "TripletMarginLoss",
     "TupletMarginLoss",
+    "VICRegLoss",
 ]
 
 
