@@ -9,9 +9,9 @@ from __future__ import annotations
 DEMO_LOSSES = ("AngularLoss", "BatchAllTripletLoss", "BatchHardTripletLoss", "BinomialDevianceLoss",
                "CenterLoss", "CircleLoss", "ContrastiveLoss", "DistanceWeightedMarginLoss",
                "DynamicSoftMarginLoss", "FastAPLoss", "GaussianWeightedNegativeLoss",
-               "GeneralizedLiftedStructureLoss", "HardPairLoss", "HistogramLoss", "IntraPairVarianceLoss",
-               "LiftedStructureLoss", "MarginLoss", "MultiSimilarityLoss", "NCALoss", "NPairsLoss",
-               "NTXentLoss", "PNPLoss", "SignalToNoiseRatioContrastiveLoss", "SmoothAPLoss",
+               "GeneralizedLiftedStructureLoss", "HardPairLoss", "HistogramLoss", "InstanceLoss",
+               "IntraPairVarianceLoss", "LiftedStructureLoss", "MarginLoss", "MultiSimilarityLoss", "NCALoss",
+               "NPairsLoss", "NTXentLoss", "PNPLoss", "SignalToNoiseRatioContrastiveLoss", "SmoothAPLoss",
                "SoftMarginTripletLoss", "SupConLoss", "ThresholdConsistentMarginLoss", "TripletMarginLoss",
                "TupletMarginLoss")
 DEMO_MINERS = ("BatchEasyHardMiner", "BatchHardMiner", "DistanceWeightedMiner", "MultiSimilarityMiner",

@@ -17,6 +17,7 @@ from dmlscale.losses.generalized_lifted_structure_loss import GeneralizedLiftedS
 from dmlscale.losses.generic_pair_loss import GenericPairLoss
 from dmlscale.losses.hard_pair_loss import HardPairLoss
 from dmlscale.losses.histogram_loss import HistogramLoss
+from dmlscale.losses.instance_loss import InstanceLoss
 from dmlscale.losses.intra_pair_variance_loss import IntraPairVarianceLoss
 from dmlscale.losses.lifted_structure_loss import LiftedStructureLoss
 from dmlscale.losses.margin_loss import MarginLoss
@@ -68,6 +69,7 @@ __all__ = [
     "GenericPairLoss",
     "HardPairLoss",
     "HistogramLoss",
+    "InstanceLoss",
     "IntraPairVarianceLoss",
     "LiftedStructureLoss",
     "MarginLoss",

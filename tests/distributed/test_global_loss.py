@@ -42,6 +42,7 @@ CASES = {
     "tcm": (lambda: losses.ThresholdConsistentMarginLoss(margin_plus=0.5, margin_minus=0.0), None),
     "pnp": (lambda: losses.PNPLoss(anneal=0.1, variant="Ds"), None),
     "smooth-ap": (lambda: losses.SmoothAPLoss(temperature=0.1), None),
+    "instance": (lambda: losses.InstanceLoss(gamma=4), None),
     "triplet+batch-hard": (lambda: losses.TripletMarginLoss(margin=0.3), lambda: miners.BatchHardMiner()),
     "triplet+easy-hard": (lambda: losses.TripletMarginLoss(margin=0.3),
                           lambda: miners.BatchEasyHardMiner(pos_strategy="easy", neg_strategy="hard")),
