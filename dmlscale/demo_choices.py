@@ -23,6 +23,7 @@ NOT_IN_DEMO = {
     "RankedListLoss": "it has required options (margin, Tn) the demo does not ask for; "
                       "`dmlscale train loss.name=RankedListLoss` takes them as loss.options",
     "VICRegLoss": "it compares two views of the same samples (embeddings, ref_emb) and takes no labels",
+    "ManifoldLoss": "it takes no labels (meta-classes are drawn at random or given as indices_tuple)",
     "GenericPairLoss": "it is the base class of the pair losses, not a loss to train",
     "BaseMetricLossFunction": "it is the base class of every loss, not a loss to train",
     "BaseMiner": "it is the base class of every miner, not a miner to use",

@@ -20,6 +20,7 @@ from dmlscale.losses.histogram_loss import HistogramLoss
 from dmlscale.losses.instance_loss import InstanceLoss
 from dmlscale.losses.intra_pair_variance_loss import IntraPairVarianceLoss
 from dmlscale.losses.lifted_structure_loss import LiftedStructureLoss
+from dmlscale.losses.manifold_loss import ManifoldLoss
 from dmlscale.losses.margin_loss import MarginLoss
 from dmlscale.losses.multi_similarity_loss import MultiSimilarityLoss
 from dmlscale.losses.n_pairs_loss import NPairsLoss
@@ -72,6 +73,7 @@ __all__ = [
     "InstanceLoss",
     "IntraPairVarianceLoss",
     "LiftedStructureLoss",
+    "ManifoldLoss",
     "MarginLoss",
     "MeanReducer",
     "MultiSimilarityLoss",

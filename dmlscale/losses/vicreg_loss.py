@@ -30,6 +30,7 @@ class VICRegLoss(BaseMetricLossFunction):
     """
 
     ref_emb_is_second_view = True
+    takes_labels = False
     uses_batch_statistics = True
 
     def __init__(self, invariance_lambda: float = 25, variance_mu: float = 25, covariance_v: float = 1,

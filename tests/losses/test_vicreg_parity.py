@@ -63,3 +63,4 @@ def test_refusals():
     with pytest.raises(ValueError, match="cannot wrap VICRegLoss"):
         DistributedLoss(ours.VICRegLoss())
     assert "VICRegLoss" not in components.component_classes("loss")
+    assert "ManifoldLoss" not in components.component_classes("loss")
