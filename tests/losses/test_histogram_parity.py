@@ -12,6 +12,7 @@ from dmlscale.distributed import DistributedLoss
 from tests.parity import compare_losses, make_batch, make_distances, run_mode
 
 pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
+pytestmark = pytest.mark.filterwarnings("ignore:Using a non-tuple sequence:UserWarning")  # inside PML
 
 SIMILARITIES = [("CosineSimilarity", dict()), ("DotProductSimilarity", dict())]
 
