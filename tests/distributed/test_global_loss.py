@@ -7,7 +7,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from dmlscale import losses, miners, reducers
-from dmlscale.distributed import DistributedClipLoss, DistributedLoss, DistributedSigLipLoss
+from dmlscale.distributed import DistributedClipLoss, DistributedCrossBatchMemory, DistributedLoss, DistributedSigLipLoss
+from dmlscale.memory import CrossBatchMemory
 from tests.distributed.launch import results, run_world
 
 D_IN, D_OUT, NUM_CLASSES = 6, 5, 4
@@ -138,11 +139,14 @@ def _rank_run(rank, world_size, sizes):
            for name in ALL_CASES}
     emb = model.module.image(x_ND[start:stop]).detach()
     out["random"] = {name: make()(emb, labels_N[start:stop]).item() for name, make in RANDOM_CASES.items()}
-    try:  # a loss with whole-batch statistics runs on one process and is refused on more
-        DistributedLoss(losses.IntraPairVarianceLoss())(emb, labels_N[start:stop])
-        out["batch-statistics"] = "ran"
-    except ValueError as error:
-        out["batch-statistics"] = str(error)
+    for key, make in (("batch-statistics", lambda: DistributedLoss(losses.IntraPairVarianceLoss())),
+                      ("batch-statistics-memory", lambda: DistributedCrossBatchMemory(
+                          CrossBatchMemory(losses.IntraPairVarianceLoss(), D_OUT, memory_size=64)))):
+        try:  # a loss with whole-batch statistics runs on one process and is refused on more
+            make()(emb, labels_N[start:stop])
+            out[key] = "ran"
+        except ValueError as error:
+            out[key] = str(error)
     return out
 
 
@@ -156,7 +160,8 @@ def test_distributed_equals_single_process(sizes):
         values = [outcome["random"][name] for outcome in per_rank]
         assert all(v == values[0] for v in values) and 0 < values[0] < float("inf"), (name, values)
     for outcome in per_rank:
-        assert ("cannot split IntraPairVarianceLoss" in outcome["batch-statistics"]) == (len(sizes) > 1), outcome
+        for key in ("batch-statistics", "batch-statistics-memory"):
+            assert ("cannot split IntraPairVarianceLoss" in outcome[key]) == (len(sizes) > 1), outcome[key]
     nontrivial = 0
     for name, (value, grads) in expected.items():
         nontrivial += value != 0
