@@ -25,7 +25,7 @@ class AngularLoss(BaseMetricLossFunction):
 
         L_ap = log(1 + sum_{n: y_n != y_a} exp(4 tan^2(alpha) (x_a + x_p)^T x_n - 2 (1 + tan^2(alpha)) x_a^T x_p))
 
-    with alpha in degrees. Negatives are every reference of another label (also when an
+    with alpha in degrees (stored in degrees; PML stores radians). Negatives are every reference of another label (also when an
     indices_tuple picks the positive pairs). Needs LpDistance(p=2, power=1, normalize_embeddings=True);
     MeanReducer over the positive pairs by default. Unlike PML, which normalises x_a and x_p but
     uses x_n as given, x_n is normalised too (the formula assumes unit vectors); on unit-norm

@@ -8,7 +8,9 @@ The negatives of a pair (a, p) are those of the anchor a and those of the positi
 p's negatives are the references of another label, measured from reference row p (a U x R block of
 the reference distance matrix), so the result depends only on the global batch and is exact under
 DistributedLoss and CrossBatchMemory. With an indices_tuple they are the tuple's negative pairs
-anchored on the query row holding p (`query_ref_index`), as in PML for a batch compared with itself.
+anchored on the query row holding p (`query_ref_index`), as in PML for a batch compared with itself;
+under DistributedLoss with a miner, a positive held by another rank brings no negatives of its own (they
+are in that rank's tuple), so only the labels path is exact there.
 """
 
 from __future__ import annotations
