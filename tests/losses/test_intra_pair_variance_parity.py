@@ -46,3 +46,12 @@ def test_distributed_loss_on_one_process_is_the_plain_loss():
 def test_bad_settings(kwargs, shown):
     with pytest.raises(ValueError, match=f"{next(iter(kwargs))} must be .*{shown}"):
         ours.IntraPairVarianceLoss(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["IntraPairVarianceLoss", "HistogramLoss", "DynamicSoftMarginLoss", "ManifoldLoss",
+                                  "VICRegLoss"])
+def test_whole_batch_losses_are_marked(name):
+    """The mark DistributedLoss / DistributedCrossBatchMemory read to refuse them on more than one process
+    (tests/distributed/test_global_loss.py runs the refusal)."""
+    assert getattr(ours, name).uses_batch_statistics
+    assert not ours.ContrastiveLoss.uses_batch_statistics
