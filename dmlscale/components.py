@@ -38,7 +38,9 @@ def component_classes(kind: str) -> dict[str, type]:
     """Every class of `kind` ("loss", "miner", "reducer" or "distance") a recipe may name, by class name."""
     if kind == "loss":
         found = _exported(losses, torch.nn.Module)
-        return {name: cls for name, cls in found.items() if name not in component_classes("reducer")}
+        # the trainer feeds (embeddings, labels): losses that take no labels (VICRegLoss, ManifoldLoss) are not offered
+        return {name: cls for name, cls in found.items()
+                if name not in component_classes("reducer") and getattr(cls, "takes_labels", True)}
     if kind == "miner":
         return _exported(miners, miners.BaseMiner)
     if kind == "reducer":

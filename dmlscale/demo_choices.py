@@ -6,19 +6,24 @@ checks that every other public name is refused)."""
 
 from __future__ import annotations
 
-DEMO_LOSSES = ("BatchAllTripletLoss", "BatchHardTripletLoss", "BinomialDevianceLoss", "CenterLoss", "CircleLoss",
-               "ContrastiveLoss", "DistanceWeightedMarginLoss", "GaussianWeightedNegativeLoss", "HardPairLoss",
-               "MultiSimilarityLoss", "NCALoss", "NTXentLoss", "SoftMarginTripletLoss", "SupConLoss",
-               "TripletMarginLoss")
-DEMO_LOSSES = tuple(sorted(DEMO_LOSSES + (  # margin-softmax losses: their class weights train with the model
-    "ArcFaceLoss", "CosFaceLoss", "LargeMarginSoftmaxLoss", "NormalizedSoftmaxLoss", "P2SGradLoss", "SphereFaceLoss",
-    "SubCenterArcFaceLoss")))
+DEMO_LOSSES = ("AngularLoss", "ArcFaceLoss", "BatchAllTripletLoss", "BatchHardTripletLoss", "BinomialDevianceLoss",
+               "CenterLoss", "CircleLoss", "ContrastiveLoss", "CosFaceLoss", "DistanceWeightedMarginLoss",
+               "DynamicSoftMarginLoss", "FastAPLoss", "GaussianWeightedNegativeLoss", "GeneralizedLiftedStructureLoss",
+               "HardPairLoss", "HistogramLoss", "InstanceLoss", "IntraPairVarianceLoss", "LargeMarginSoftmaxLoss",
+               "LiftedStructureLoss", "MarginLoss", "MultiSimilarityLoss", "NCALoss", "NPairsLoss",
+               "NTXentLoss", "NormalizedSoftmaxLoss", "P2SGradLoss", "PNPLoss", "SignalToNoiseRatioContrastiveLoss",
+               "SmoothAPLoss", "SoftMarginTripletLoss", "SphereFaceLoss", "SubCenterArcFaceLoss", "SupConLoss",
+               "ThresholdConsistentMarginLoss", "TripletMarginLoss", "TupletMarginLoss")
 DEMO_MINERS = ("AngularMiner", "BatchEasyHardMiner", "BatchHardMiner", "DistanceWeightedMiner", "HDCMiner",
                "MultiSimilarityMiner", "PairMarginMiner", "TripletMarginMiner", "UniformHistogramMiner")
 NOT_IN_DEMO = {
     "ClipLoss": "it scores image-text feature pairs, not labelled embeddings; `dmlscale train` trains CLIP",
     "SigLipLoss": "it scores image-text feature pairs, not labelled embeddings; "
                   "`dmlscale train loss.name=SigLipLoss` trains SigLIP",
+    "RankedListLoss": "it has required options (margin, Tn) the demo does not ask for; "
+                      "`dmlscale train loss.name=RankedListLoss` takes them as loss.options",
+    "VICRegLoss": "it compares two views of the same samples (embeddings, ref_emb) and takes no labels",
+    "ManifoldLoss": "it takes no labels (meta-classes are drawn at random or given as indices_tuple)",
     "GenericPairLoss": "it is the base class of the pair losses, not a loss to train",
     "BaseMetricLossFunction": "it is the base class of every loss, not a loss to train",
     "BaseMiner": "it is the base class of every miner, not a miner to use",

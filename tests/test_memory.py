@@ -18,6 +18,13 @@ LOSSES = {
     "ntxent": (lambda: losses.NTXentLoss(temperature=0.2), lambda: pml_losses.NTXentLoss(temperature=0.2)),
     "supcon": (lambda: losses.SupConLoss(), lambda: pml_losses.SupConLoss()),
     "multisim": (lambda: losses.MultiSimilarityLoss(), lambda: pml_losses.MultiSimilarityLoss()),
+    "generalized-lifted": (lambda: losses.GeneralizedLiftedStructureLoss(),
+                           lambda: pml_losses.GeneralizedLiftedStructureLoss()),
+    "margin": (lambda: losses.MarginLoss(beta=0.9), lambda: pml_losses.MarginLoss(beta=0.9)),
+    "tuplet": (lambda: losses.TupletMarginLoss(scale=16), lambda: pml_losses.TupletMarginLoss(scale=16)),
+    "snr-contrastive": (lambda: losses.SignalToNoiseRatioContrastiveLoss(),
+                        lambda: pml_losses.SignalToNoiseRatioContrastiveLoss()),
+    "intra-pair-variance": (lambda: losses.IntraPairVarianceLoss(), lambda: pml_losses.IntraPairVarianceLoss()),
 }
 
 
@@ -156,3 +163,35 @@ def test_nca_leaves_each_query_out_of_its_own_softmax_where_pml_keeps_it():
         prob = torch.softmax(closeness, dim=0)[mem_labels[others] == labels[i]].sum()
         expected.append(-torch.log(prob))
     assert_close(value, torch.stack(expected).mean())
+
+
+# losses whose ref_emb PML refuses (or gets wrong) but ours takes: they run against the memory, and each
+# step's value is the pure loss of the queries against the filled memory with their own slots excluded
+MEMORY_ONLY_OURS = {
+    "lifted": lambda: losses.LiftedStructureLoss(),
+    "npairs": lambda: losses.NPairsLoss(),
+    "fast-ap": lambda: losses.FastAPLoss(),
+    "ranked-list": lambda: losses.RankedListLoss(margin=0.4, Tn=4),
+    "pnp": lambda: losses.PNPLoss(anneal=0.1),
+    "smooth-ap": lambda: losses.SmoothAPLoss(temperature=0.1),
+    "instance": lambda: losses.InstanceLoss(gamma=4),
+    "angular": lambda: losses.AngularLoss(),
+    "tcm": lambda: losses.ThresholdConsistentMarginLoss(margin_plus=0.5, margin_minus=0.0),
+}
+
+
+@pytest.mark.parametrize("name", list(MEMORY_ONLY_OURS))
+def test_losses_pml_cannot_run_against_memory(name):
+    cbm = CrossBatchMemory(MEMORY_ONLY_OURS[name](), DIM, memory_size=16)
+    nonzero = 0
+    for emb, labels in batches(1, [7, 5, 8, 6]):
+        x = emb.clone().requires_grad_(True)
+        value = cbm(x, labels)
+        value.backward()
+        slots = (cbm.queue_idx - len(labels) + torch.arange(len(labels))) % cbm.memory_size
+        mem_emb, mem_labels = cbm.filled_memory()
+        expected = MEMORY_ONLY_OURS[name]()(emb, labels, None, mem_emb, mem_labels, query_ref_index=slots)
+        assert_close(value, expected, what=f"{name} against the memory")
+        assert torch.isfinite(x.grad).all()
+        nonzero += float(value.detach()) != 0
+    assert nonzero >= 2

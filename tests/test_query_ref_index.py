@@ -10,15 +10,26 @@ import torch
 
 from dmlscale import indices
 from dmlscale.losses import (
+    AngularLoss,
     BatchHardTripletLoss,
     CircleLoss,
     ContrastiveLoss,
     DoNothingReducer,
+    FastAPLoss,
+    GeneralizedLiftedStructureLoss,
+    LiftedStructureLoss,
     MultiSimilarityLoss,
     NCALoss,
+    NPairsLoss,
     NTXentLoss,
+    PNPLoss,
+    RankedListLoss,
+    SignalToNoiseRatioContrastiveLoss,
+    SmoothAPLoss,
     SupConLoss,
+    ThresholdConsistentMarginLoss,
     TripletMarginLoss,
+    TupletMarginLoss,
 )
 from dmlscale.miners import (
     BatchEasyHardMiner,
@@ -53,6 +64,17 @@ LOSSES = {
     "circle": lambda: CircleLoss(reducer=DoNothingReducer()),
     "nca": lambda: NCALoss(reducer=DoNothingReducer()),
     "batch_hard": lambda: BatchHardTripletLoss(margin=0.3, reducer=DoNothingReducer()),
+    "lifted": lambda: LiftedStructureLoss(reducer=DoNothingReducer()),
+    "generalized_lifted": lambda: GeneralizedLiftedStructureLoss(reducer=DoNothingReducer()),
+    "angular": lambda: AngularLoss(reducer=DoNothingReducer()),
+    "npairs": lambda: NPairsLoss(reducer=DoNothingReducer()),
+    "tuplet": lambda: TupletMarginLoss(scale=16, reducer=DoNothingReducer()),
+    "snr_contrastive": lambda: SignalToNoiseRatioContrastiveLoss(reducer=DoNothingReducer()),
+    "fast_ap": lambda: FastAPLoss(reducer=DoNothingReducer()),
+    "ranked_list": lambda: RankedListLoss(margin=0.4, Tn=4, reducer=DoNothingReducer()),
+    "tcm": lambda: ThresholdConsistentMarginLoss(margin_plus=0.5, margin_minus=0.0, reducer=DoNothingReducer()),
+    "pnp": lambda: PNPLoss(anneal=0.1, reducer=DoNothingReducer()),
+    "smooth_ap": lambda: SmoothAPLoss(temperature=0.1, reducer=DoNothingReducer()),
 }
 
 MINERS = {
@@ -89,6 +111,8 @@ def block_call(fn, emb, labels, start, stop, **kwargs):
 @pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_loss_on_a_block_equals_full_batch_restricted(name, block):
+    if name == "npairs" and block == BLOCKS[2]:
+        pytest.skip("no NPairsLoss anchor (a class's first row) lies in the last block: nothing to compare")
     emb, labels = batch()
     loss = LOSSES[name]()
     full = keyed_losses(loss(emb, labels), *block)

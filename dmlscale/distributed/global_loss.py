@@ -8,7 +8,8 @@ only the rows of its *local* queries against the *global* references; query row 
 offset_r + i, which the pure loss receives as `query_ref_index` so self pairs are dropped exactly as in
 one process. Mining runs on the same local-rows x global-columns matrix. The reducer is applied
 globally: element sums and counts travel in one all_reduce, so Mean, Sum, AvgNonZero, Threshold,
-ClassWeighted and PerAnchor (of those) reducers give the single-process value.
+ClassWeighted and PerAnchor (of those) reducers give the single-process value; so does DivisorReducer
+(MarginLoss), whose per-rank divisors are summed like counts.
 
 What the returned tensor means: its *value* is the global loss, the same on every rank and equal to
 one process running the loss on the concatenated batch (not multiplied by W). Its *gradient* is W
@@ -36,6 +37,7 @@ from dmlscale.losses.streamed_totals import TOTAL_KEY, supports_totals
 from dmlscale.losses.reducers import (
     BaseReducer,
     ClassWeightedReducer,
+    DivisorReducer,
     DoNothingReducer,
     MeanReducer,
     MultipleReducers,
@@ -45,8 +47,8 @@ from dmlscale.losses.reducers import (
 )
 
 
-def _element_sum_and_count(reducer: BaseReducer, loss_info: dict, embeddings: torch.Tensor,
-                           labels: torch.Tensor | None = None):
+def _element_sum_and_count(reducer: BaseReducer, loss_info: dict, embeddings: torch.Tensor, world_size: int,
+                           labels: torch.Tensor | None = None) -> tuple[torch.Tensor, int | float | None]:
     """This rank's (sum of kept elements, number of kept elements or None for a plain sum).
 
     ClassWeightedReducer adds w[class] x term over the local rows (classes from the local labels);
@@ -58,16 +60,20 @@ def _element_sum_and_count(reducer: BaseReducer, loss_info: dict, embeddings: to
             raise ValueError("PerAnchorReducer reduces element and pair losses; it does not support triplet losses")
         if reduction_type in ("pos_pair", "neg_pair"):
             loss_info = reducer.per_anchor(losses, loss_info["indices"], len(embeddings))
-        return _element_sum_and_count(reducer.reducer, loss_info, embeddings, labels)
+        return _element_sum_and_count(reducer.reducer, loss_info, embeddings, world_size, labels)
     if not torch.is_tensor(losses) and losses == 0:
         zero = torch.sum(embeddings * 0)
         return zero, (None if isinstance(reducer, SumReducer) else 0)
     if reduction_type == "already_reduced":
+        if world_size == 1:  # one process: the value is the loss, added like a plain sum
+            return losses.reshape(()), None
         raise ValueError("a loss that returns an already reduced value cannot be reduced across ranks exactly")
     if TOTAL_KEY in loss_info and supports_totals(reducer):  # streamed (sum, count): no per-term mask
         total, count = loss_info[TOTAL_KEY]
         return total + torch.sum(embeddings * 0), (None if isinstance(reducer, SumReducer) else count)
     losses = losses.reshape(-1)
+    if isinstance(reducer, DivisorReducer):  # the loss's own divisor is this rank's share of the global one
+        return losses.sum(), float(loss_info["divisor"])
     if isinstance(reducer, SumReducer):
         return losses.sum(), None
     if isinstance(reducer, ThresholdReducer):
@@ -81,7 +87,7 @@ def _element_sum_and_count(reducer: BaseReducer, loss_info: dict, embeddings: to
         return reducer.weighted(losses, rows, labels).sum(), losses.numel()
     raise ValueError(
         f"{type(reducer).__name__} cannot be reduced across ranks; use MeanReducer, SumReducer, "
-        "AvgNonZeroReducer, ThresholdReducer, ClassWeightedReducer, PerAnchorReducer of those, "
+        "AvgNonZeroReducer, DivisorReducer, ThresholdReducer, ClassWeightedReducer, PerAnchorReducer of those, "
         "MultipleReducers of those, or DoNothingReducer"
     )
 
@@ -99,7 +105,7 @@ def global_reduce(reducer: BaseReducer, loss_dict: dict, embeddings: torch.Tenso
         if len(loss_dict) != 1:
             raise ValueError(f"{type(reducer).__name__} reduces one sub-loss, got {sorted(loss_dict)}")
         parts = [(reducer, next(iter(loss_dict.values())))]
-    sums, counts = zip(*(_element_sum_and_count(r, info, embeddings, labels) for r, info in parts))
+    sums, counts = zip(*(_element_sum_and_count(r, info, embeddings, world_size, labels) for r, info in parts))
     totals = torch.tensor([float(s.detach()) for s in sums] + [float(c or 0) for c in counts], dtype=torch.float64,
                           device=embeddings.device)
     totals = all_reduce_sum_no_grad(totals, group)
@@ -152,6 +158,9 @@ class DistributedLoss(torch.nn.Module):
         super().__init__()
         if not isinstance(loss, BaseMetricLossFunction):
             raise ValueError(f"DistributedLoss wraps a dmlscale metric loss, got {type(loss).__name__}")
+        if getattr(loss, "ref_emb_is_second_view", False):
+            raise ValueError(f"DistributedLoss cannot wrap {type(loss).__name__}: its ref_emb is a second view of "
+                             "the same samples, not a reference batch to gather")
         self.loss = loss
         self.miner = miner
         self.group = group
@@ -163,6 +172,10 @@ class DistributedLoss(torch.nn.Module):
             raise ValueError("DistributedLoss builds the reference batch itself; ref_emb/ref_labels must be None")
         if self.miner is not None and indices_tuple is not None:
             raise ValueError("pass either a miner to DistributedLoss or an indices_tuple, not both")
+        if self.loss.uses_batch_statistics and world_rank_and_size(self.group)[1] > 1:
+            raise ValueError(f"DistributedLoss cannot split {type(self.loss).__name__} across ranks exactly: it uses "
+                             "statistics over all the pairs of the batch, which each rank would take from its own "
+                             "rows; train it on one process")
         if not self.loss.compares_to_reference:
             loss_dict = self.loss.loss_dict(embeddings, labels, indices_tuple)
             return global_reduce(self.loss.reducer, loss_dict, embeddings, self.group, labels)
@@ -173,7 +186,11 @@ class DistributedLoss(torch.nn.Module):
             indices_tuple = tuple_to_reference_rows(indices_tuple, query_ref_index)
         loss_dict = self.loss.loss_dict(embeddings, labels, indices_tuple, all_emb, all_labels,
                                         query_ref_index=query_ref_index)
-        return global_reduce(self.loss.reducer, loss_dict, embeddings, self.group, labels)
+        # every rank must run the gather's backward (an all_reduce), also one whose rows used no reference
+        # (NPairsLoss on a rank holding no anchor, a miner that found nothing here): a zero keeps it connected
+        connect = torch.sum(all_emb * 0)
+        reduced = global_reduce(self.loss.reducer, loss_dict, embeddings, self.group, labels)
+        return reduced if isinstance(reduced, dict) else reduced + connect
 
 
 __all__ = ["DistributedLoss", "DistributedMiner", "gather_batch", "global_reduce"]

@@ -28,7 +28,10 @@ class DistributedCrossBatchMemory(torch.nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 indices_tuple: tuple[torch.Tensor, ...] | None = None,
                 enqueue_mask: torch.Tensor | None = None) -> torch.Tensor | dict:
-        rank, _ = world_rank_and_size(self.group)
+        rank, world_size = world_rank_and_size(self.group)
+        if self.memory.loss.uses_batch_statistics and world_size > 1:
+            raise ValueError(f"DistributedCrossBatchMemory cannot split {type(self.memory.loss).__name__} across "
+                             "ranks exactly: it uses statistics over all the pairs of the batch; train it on one process")
         queries, query_labels, to_queue, queue_labels, queries_enqueued = self.memory.split_batch(
             embeddings, labels, indices_tuple, enqueue_mask)
         sizes = gather_sizes(to_queue, self.group, name="embeddings to enqueue")

@@ -26,6 +26,9 @@ class BaseMetricLossFunction(ModuleWithDistance):
 
     # False for losses whose terms involve no other sample (CenterLoss): nothing to gather or enqueue
     compares_to_reference = True
+    # True for losses with statistics over all the pairs of a call (IntraPairVarianceLoss's means): they are
+    # not a sum over query rows, so DistributedLoss, which splits the rows across ranks, refuses them
+    uses_batch_statistics = False
 
     def __init__(
         self,

@@ -7,7 +7,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from dmlscale import losses, miners, reducers
-from dmlscale.distributed import DistributedClipLoss, DistributedLoss, DistributedSigLipLoss
+from dmlscale.distributed import DistributedClipLoss, DistributedCrossBatchMemory, DistributedLoss, DistributedSigLipLoss
+from dmlscale.memory import CrossBatchMemory
 from tests.distributed.launch import results, run_world
 
 D_IN, D_OUT, NUM_CLASSES = 6, 5, 4
@@ -30,6 +31,19 @@ CASES = {
     "hard-pair": (lambda: losses.HardPairLoss(), None),
     "bin-deviance": (lambda: losses.BinomialDevianceLoss(), None),
     "batch-hard-loss": (lambda: losses.BatchHardTripletLoss(margin=0.3), None),
+    "lifted": (lambda: losses.LiftedStructureLoss(), None),
+    "generalized-lifted": (lambda: losses.GeneralizedLiftedStructureLoss(neg_margin=1.2, pos_margin=0.1), None),
+    "angular": (lambda: losses.AngularLoss(alpha=35), None),
+    "margin": (lambda: losses.MarginLoss(margin=0.2, beta=0.8), None),
+    "npairs": (lambda: losses.NPairsLoss(), None),
+    "tuplet": (lambda: losses.TupletMarginLoss(scale=16), None),
+    "snr-contrastive": (lambda: losses.SignalToNoiseRatioContrastiveLoss(pos_margin=0.2, neg_margin=1.2), None),
+    "fast-ap": (lambda: losses.FastAPLoss(num_bins=6), None),
+    "ranked-list": (lambda: losses.RankedListLoss(margin=0.4, Tn=4), None),
+    "tcm": (lambda: losses.ThresholdConsistentMarginLoss(margin_plus=0.5, margin_minus=0.0), None),
+    "pnp": (lambda: losses.PNPLoss(anneal=0.1, variant="Ds"), None),
+    "smooth-ap": (lambda: losses.SmoothAPLoss(temperature=0.1), None),
+    "instance": (lambda: losses.InstanceLoss(gamma=4), None),
     "triplet+batch-hard": (lambda: losses.TripletMarginLoss(margin=0.3), lambda: miners.BatchHardMiner()),
     "triplet+easy-hard": (lambda: losses.TripletMarginLoss(margin=0.3),
                           lambda: miners.BatchEasyHardMiner(pos_strategy="easy", neg_strategy="hard")),
@@ -132,6 +146,14 @@ def _rank_run(rank, world_size, sizes):
            for name in ALL_CASES}
     emb = model.module.image(x_ND[start:stop]).detach()
     out["random"] = {name: make()(emb, labels_N[start:stop]).item() for name, make in RANDOM_CASES.items()}
+    for key, make in (("batch-statistics", lambda: DistributedLoss(losses.IntraPairVarianceLoss())),
+                      ("batch-statistics-memory", lambda: DistributedCrossBatchMemory(
+                          CrossBatchMemory(losses.IntraPairVarianceLoss(), D_OUT, memory_size=64)))):
+        try:  # a loss with whole-batch statistics runs on one process and is refused on more
+            make()(emb, labels_N[start:stop])
+            out[key] = "ran"
+        except ValueError as error:
+            out[key] = str(error)
     return out
 
 
@@ -144,6 +166,9 @@ def test_distributed_equals_single_process(sizes):
     for name in RANDOM_CASES:
         values = [outcome["random"][name] for outcome in per_rank]
         assert all(v == values[0] for v in values) and 0 < values[0] < float("inf"), (name, values)
+    for outcome in per_rank:
+        for key in ("batch-statistics", "batch-statistics-memory"):
+            assert ("cannot split IntraPairVarianceLoss" in outcome[key]) == (len(sizes) > 1), outcome[key]
     nontrivial = 0
     for name, (value, grads) in expected.items():
         nontrivial += value != 0

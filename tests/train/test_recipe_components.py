@@ -18,7 +18,7 @@ from dmlscale.train.schema import section_from_dict
 from dmlscale.train.session import current_form
 
 EMBEDDING_SIZE = 16
-REQUIRED = {"CenterLoss": {"num_classes": 10}}  # options without a default
+REQUIRED = {"CenterLoss": {"num_classes": 10}, "RankedListLoss": {"margin": 0.4, "Tn": 4}}  # options without a default
 REQUIRED |= {name: {"num_classes": 10} for name in ("ArcFaceLoss", "CosFaceLoss", "LargeMarginSoftmaxLoss",
                                                    "NormalizedSoftmaxLoss", "SphereFaceLoss", "SubCenterArcFaceLoss")}
 REQUIRED["P2SGradLoss"] = {"descriptors_dim": EMBEDDING_SIZE, "num_classes": 10}
