@@ -8,8 +8,8 @@ from __future__ import annotations
 
 DEMO_LOSSES = ("BatchAllTripletLoss", "BatchHardTripletLoss", "BinomialDevianceLoss", "CenterLoss", "CircleLoss",
                "ContrastiveLoss", "DistanceWeightedMarginLoss", "GaussianWeightedNegativeLoss", "HardPairLoss",
-               "MultiSimilarityLoss", "NCALoss", "NTXentLoss", "SoftMarginTripletLoss", "SupConLoss",
-               "TripletMarginLoss")
+               "MultiSimilarityLoss", "NCALoss", "NTXentLoss", "ProxyAnchorLoss", "ProxyNCALoss",
+               "SoftMarginTripletLoss", "SoftTripleLoss", "SupConLoss", "TripletMarginLoss")
 DEMO_MINERS = ("AngularMiner", "BatchEasyHardMiner", "BatchHardMiner", "DistanceWeightedMiner", "HDCMiner",
                "MultiSimilarityMiner", "PairMarginMiner", "TripletMarginMiner", "UniformHistogramMiner")
 NOT_IN_DEMO = {

@@ -15,6 +15,8 @@ from dmlscale.losses.hard_pair_loss import HardPairLoss
 from dmlscale.losses.multi_similarity_loss import MultiSimilarityLoss
 from dmlscale.losses.nca_loss import NCALoss
 from dmlscale.losses.ntxent_loss import NTXentLoss
+from dmlscale.losses.proxy_anchor_loss import ProxyAnchorLoss
+from dmlscale.losses.proxy_nca_loss import ProxyNCALoss
 from dmlscale.losses.reducers import (
     AvgNonZeroReducer,
     BaseReducer,
@@ -29,6 +31,7 @@ from dmlscale.losses.reducers import (
 )
 from dmlscale.losses.siglip_loss import SigLipLoss
 from dmlscale.losses.soft_margin_triplet_loss import SoftMarginTripletLoss
+from dmlscale.losses.soft_triple_loss import SoftTripleLoss
 from dmlscale.losses.supcon_loss import SupConLoss
 from dmlscale.losses.triplet_margin_loss import TripletMarginLoss
 
@@ -56,8 +59,11 @@ __all__ = [
     "NCALoss",
     "NTXentLoss",
     "PerAnchorReducer",
+    "ProxyAnchorLoss",
+    "ProxyNCALoss",
     "SigLipLoss",
     "SoftMarginTripletLoss",
+    "SoftTripleLoss",
     "SumReducer",
     "SupConLoss",
     "ThresholdReducer",

@@ -18,7 +18,10 @@ from dmlscale.train.schema import section_from_dict
 from dmlscale.train.session import current_form
 
 EMBEDDING_SIZE = 16
-REQUIRED = {"CenterLoss": {"num_classes": 10}}  # options without a default
+REQUIRED = {"CenterLoss": {"num_classes": 10},  # options without a default
+            "ProxyAnchorLoss": {"num_classes": 10},
+            "ProxyNCALoss": {"num_classes": 10},
+            "SoftTripleLoss": {"num_classes": 10}}
 
 
 def label_recipe(tmp_path, loss: dict):
@@ -155,6 +158,16 @@ def test_a_required_option_and_a_loss_the_trainer_cannot_train_are_refused(tmp_p
     # its centres are loss parameters, which the engine (it trains the model's parameters) would leave untouched
     with pytest.raises(ValueError, match=r"loss.name='CenterLoss' has trainable parameters \(centres"):
         label_recipe(tmp_path, {"name": "CenterLoss", "options": {"num_classes": 10}})
+
+
+@pytest.mark.parametrize("name, parameter", [("ProxyAnchorLoss", "proxies"), ("ProxyNCALoss", "proxies"),
+                                             ("SoftTripleLoss", "fc")])
+def test_a_proxy_loss_builds_but_the_trainer_refuses_its_proxies(tmp_path, name, parameter):
+    built = build_loss(section_from_dict(LossConfig, {"name": name, "options": {"num_classes": 10}}),
+                       embedding_size=EMBEDDING_SIZE)
+    assert type(built.loss).__name__ == name and built.loss.embedding_size == EMBEDDING_SIZE
+    with pytest.raises(ValueError, match=rf"loss.name='{name}' has trainable parameters \({parameter}\)"):
+        label_recipe(tmp_path, {"name": name, "options": {"num_classes": 10}})
 
 
 def test_image_text_loss_options_reach_the_distributed_loss():
