@@ -17,8 +17,12 @@ NOT_IN_DEMO = {
     "SigLipLoss": "it scores image-text feature pairs, not labelled embeddings; "
                   "`dmlscale train loss.name=SigLipLoss` trains SigLIP",
     "GenericPairLoss": "it is the base class of the pair losses, not a loss to train",
+    "BaseLossWrapper": "it is the base class of the loss wrappers, not a loss to train",
     "BaseMetricLossFunction": "it is the base class of every loss, not a loss to train",
     "BaseMiner": "it is the base class of every miner, not a miner to use",
+    "MultipleLosses": "it combines losses given to it as objects (MultipleLosses(losses, miners, weights)); "
+                      "a `dmlscale train` recipe builds it from nested specs",
+    "SelfSupervisedLoss": "it scores (embeddings, ref_emb) augmentation pairs, not labelled embeddings",
     "EmbeddingsAlreadyPackagedAsTriplets": "it needs batches laid out as consecutive (anchor, positive, negative) "
                                            "rows, and the demo's batches are class-balanced, not packaged",
 }

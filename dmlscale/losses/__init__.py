@@ -1,6 +1,7 @@
 """Metric losses (pure math: no torch.distributed here). Drop-in compatible with pytorch-metric-learning."""
 
 from dmlscale.losses.base import BaseMetricLossFunction
+from dmlscale.losses.base_loss_wrapper import BaseLossWrapper
 from dmlscale.losses.batch_all_triplet_loss import BatchAllTripletLoss
 from dmlscale.losses.batch_hard_triplet_loss import BatchHardTripletLoss
 from dmlscale.losses.binomial_deviance_loss import BinomialDevianceLoss
@@ -13,6 +14,7 @@ from dmlscale.losses.gaussian_weighted_negative_loss import GaussianWeightedNega
 from dmlscale.losses.generic_pair_loss import GenericPairLoss
 from dmlscale.losses.hard_pair_loss import HardPairLoss
 from dmlscale.losses.multi_similarity_loss import MultiSimilarityLoss
+from dmlscale.losses.multiple_losses import MultipleLosses
 from dmlscale.losses.nca_loss import NCALoss
 from dmlscale.losses.ntxent_loss import NTXentLoss
 from dmlscale.losses.proxy_anchor_loss import ProxyAnchorLoss
@@ -29,6 +31,7 @@ from dmlscale.losses.reducers import (
     SumReducer,
     ThresholdReducer,
 )
+from dmlscale.losses.self_supervised_loss import SelfSupervisedLoss
 from dmlscale.losses.siglip_loss import SigLipLoss
 from dmlscale.losses.soft_margin_triplet_loss import SoftMarginTripletLoss
 from dmlscale.losses.soft_triple_loss import SoftTripleLoss
@@ -37,6 +40,7 @@ from dmlscale.losses.triplet_margin_loss import TripletMarginLoss
 
 __all__ = [
     "AvgNonZeroReducer",
+    "BaseLossWrapper",
     "BaseMetricLossFunction",
     "BaseReducer",
     "BatchAllTripletLoss",
@@ -55,12 +59,14 @@ __all__ = [
     "HardPairLoss",
     "MeanReducer",
     "MultiSimilarityLoss",
+    "MultipleLosses",
     "MultipleReducers",
     "NCALoss",
     "NTXentLoss",
     "PerAnchorReducer",
     "ProxyAnchorLoss",
     "ProxyNCALoss",
+    "SelfSupervisedLoss",
     "SigLipLoss",
     "SoftMarginTripletLoss",
     "SoftTripleLoss",
