@@ -17,6 +17,7 @@ from dmlscale.indices import anchor_weights
 from dmlscale.kernels.logsumexp import masked_logsumexp
 from dmlscale.losses.base import BaseMetricLossFunction
 from dmlscale.losses.proxy_parameters import (
+    ProxyRegularization,
     WeightInit,
     check_class_labels,
     check_embedding_size,
@@ -29,7 +30,7 @@ from dmlscale.losses.reducers import BaseReducer, DivisorReducer
 from dmlscale.param_checks import check_positive_int, check_real
 
 
-class ProxyAnchorLoss(BaseMetricLossFunction):
+class ProxyAnchorLoss(ProxyRegularization, BaseMetricLossFunction):
     """Proxy-Anchor loss (Kim et al. 2020), as PML: with s(x, p) the similarity (cosine by default), for
     each proxy p_c (P+ the classes present in the batch, X_c^+ / X_c^- the batch samples of / not of class c)
 
@@ -40,17 +41,21 @@ class ProxyAnchorLoss(BaseMetricLossFunction):
     the miner weight being x's count in indices_tuple over the largest count (1 without one), so w_x = 0
     when there is no miner. A proxy with no sample on one side gives 0 there. The default reducer is
     DivisorReducer (the divisors above); sub-losses "pos_loss" and "neg_loss". `proxies` is a C x D
-    nn.Parameter (Kaiming normal, fan_out): give it to the optimiser with the model.
+    nn.Parameter (Kaiming normal, fan_out): give it to the optimiser with the model. With a `weight_regularizer`,
+    `weight_reg_weight * weight_regularizer(proxies)` is the sub-loss "weight_reg_loss" (PML's).
     """
 
     def __init__(self, num_classes: int, embedding_size: int, margin: float = 0.1, alpha: float = 32,
-                 weight_init_func: WeightInit | None = None, **kwargs: Any) -> None:
+                 weight_init_func: WeightInit | None = None, weight_regularizer: torch.nn.Module | None = None,
+                 weight_reg_weight: float = 1, **kwargs: Any) -> None:
         owner = type(self).__name__
         check_positive_int(owner, "num_classes", num_classes)
         check_positive_int(owner, "embedding_size", embedding_size)
         check_real(owner, "margin", margin)
         check_real(owner, "alpha", alpha)
+        self.init_regularizer(owner, weight_regularizer, weight_reg_weight)
         super().__init__(**kwargs)
+        self.set_regularizer(weight_regularizer, weight_reg_weight)
         self.num_classes = num_classes
         self.embedding_size = embedding_size
         self.margin = margin
@@ -65,7 +70,7 @@ class ProxyAnchorLoss(BaseMetricLossFunction):
         return CosineSimilarity()
 
     def sub_loss_names(self) -> list[str]:
-        return ["pos_loss", "neg_loss"]
+        return ["pos_loss", "neg_loss", *self.regularization_loss_names()]
 
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """The B x C matrix of distances (or similarities) to the proxies."""
@@ -89,12 +94,13 @@ class ProxyAnchorLoss(BaseMetricLossFunction):
         pos_C = masked_logsumexp(self.alpha * pull_BC + w_B1, pos_BC, add_one=True, dim=0)
         neg_C = masked_logsumexp(self.alpha * push_BC + w_B1, ~pos_BC, add_one=True, dim=0)
         indices_C = torch.arange(self.num_classes, device=device)
-        return {
+        loss_dict = {
             "pos_loss": {"losses": pos_C, "indices": indices_C, "reduction_type": "element",
                          "divisor": num_with_pos},
             "neg_loss": {"losses": neg_C, "indices": indices_C, "reduction_type": "element",
                          "divisor": self.num_classes},
         }
+        return self.add_weight_regularization(loss_dict, like_embeddings(self.proxies, embeddings))
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, embedding_size={self.embedding_size}"

@@ -13,6 +13,7 @@ import torch
 from dmlscale.indices import anchor_weights
 from dmlscale.losses.nca_loss import NCALoss
 from dmlscale.losses.proxy_parameters import (
+    ProxyRegularization,
     WeightInit,
     check_class_labels,
     check_embedding_size,
@@ -24,7 +25,7 @@ from dmlscale.losses.proxy_parameters import (
 from dmlscale.param_checks import check_positive_int
 
 
-class ProxyNCALoss(NCALoss):
+class ProxyNCALoss(ProxyRegularization, NCALoss):
     """ProxyNCA (Movshovitz-Attias et al. 2017), as PML: NCALoss against the C proxies instead of the batch,
 
         L_i = -log softmax_{y_i}(softmax_scale * l_i.),   l_ic = -d(x_i, p_c) or s(x_i, p_c)
@@ -33,22 +34,29 @@ class ProxyNCALoss(NCALoss):
     count); default distance squared Euclidean of normalised vectors, MeanReducer. A sample whose softmax
     mass on its proxy underflows to 0 is dropped (as PML). `proxies` is a C x D nn.Parameter (N(0, 1), PML's
     init): give it to the optimiser with the model. Terms are per sample, so under DistributedLoss each rank
-    computes its own rows and the reducer runs globally.
+    computes its own rows and the reducer runs globally. With a `weight_regularizer`,
+    `weight_reg_weight * weight_regularizer(proxies)` is the sub-loss "weight_reg_loss" (PML's).
     """
 
     compares_to_reference = False
 
     def __init__(self, num_classes: int, embedding_size: int, weight_init_func: WeightInit | None = None,
+                 weight_regularizer: torch.nn.Module | None = None, weight_reg_weight: float = 1,
                  **kwargs: Any) -> None:
         owner = type(self).__name__
         check_positive_int(owner, "num_classes", num_classes)
         check_positive_int(owner, "embedding_size", embedding_size)
+        self.init_regularizer(owner, weight_regularizer, weight_reg_weight)
         super().__init__(**kwargs)
+        self.set_regularizer(weight_regularizer, weight_reg_weight)
         self.num_classes = num_classes
         self.embedding_size = embedding_size
         self.proxies = make_proxies(owner, (num_classes, embedding_size), weight_init_func, standard_normal)
         self.register_buffer("proxy_labels", torch.arange(num_classes), persistent=False)
         self.add_to_recordable_attributes(list_of_names=["num_classes"], is_stat=False)
+
+    def sub_loss_names(self) -> list[str]:
+        return ["loss", *self.regularization_loss_names()]
 
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """The B x C matrix of distances (or similarities) to the proxies."""
@@ -67,7 +75,8 @@ class ProxyNCALoss(NCALoss):
         mat_BC = self.get_logits(embeddings)
         closeness_BC = mat_BC if self.distance.is_inverted else -mat_BC
         same_BC = (labels[:, None] == self.proxy_labels.to(device)[None, :]).to(dtype)
-        return self.nca_terms(closeness_BC, same_BC, weights_B)
+        loss_dict = self.nca_terms(closeness_BC, same_BC, weights_B)
+        return self.add_weight_regularization(loss_dict, like_embeddings(self.proxies, embeddings))
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, embedding_size={self.embedding_size}"

@@ -69,3 +69,36 @@ def like_embeddings(weight: torch.Tensor, embeddings: torch.Tensor) -> torch.Ten
     """The parameter in the embeddings' dtype and device, inside the graph (its gradient reaches the parameter,
     which keeps its own dtype and device; PML instead converts the parameter itself in place)."""
     return weight.to(dtype=embeddings.dtype, device=embeddings.device)
+
+
+class ProxyRegularization:
+    """PML's weight regularizer of the proxy losses: with `weight_regularizer` (any module mapping an N x D tensor
+    of proxies to a scalar, such as PML's or dmlscale's regularizers), `weight_reg_weight * regularizer(proxies)`
+    is the extra, already reduced sub-loss "weight_reg_loss". Mixed in before the loss base, whose constructor
+    reads the sub-loss names (so the flag is set before it runs)."""
+
+    def init_regularizer(self, owner: str, weight_regularizer: torch.nn.Module | None,
+                         weight_reg_weight: float) -> None:
+        if weight_regularizer is not None and not isinstance(weight_regularizer, torch.nn.Module):
+            raise ValueError(f"{owner}: weight_regularizer must be None or a regularizer module, got "
+                             f"{weight_regularizer!r}")
+        if isinstance(weight_reg_weight, bool) or not isinstance(weight_reg_weight, (int, float)):
+            raise ValueError(f"{owner}: weight_reg_weight must be a number, got {weight_reg_weight!r}")
+        self.has_weight_regularizer = weight_regularizer is not None
+
+    def set_regularizer(self, weight_regularizer: torch.nn.Module | None, weight_reg_weight: float) -> None:
+        """After the base constructor (a module child can only be set on an initialised Module)."""
+        self.weight_regularizer = weight_regularizer
+        self.weight_reg_weight = weight_reg_weight
+        if weight_regularizer is not None:
+            self.add_to_recordable_attributes(list_of_names=["weight_reg_weight"], is_stat=False)
+
+    def regularization_loss_names(self) -> list[str]:
+        return ["weight_reg_loss"] if self.has_weight_regularizer else []
+
+    def add_weight_regularization(self, loss_dict: dict, rows_ND: torch.Tensor) -> dict:
+        if self.weight_regularizer is not None:
+            value = self.weight_regularizer(rows_ND)
+            loss_dict["weight_reg_loss"] = {"losses": value * self.weight_reg_weight, "indices": None,
+                                            "reduction_type": "already_reduced"}
+        return loss_dict

@@ -15,6 +15,7 @@ from dmlscale.distances import BaseDistance, CosineSimilarity
 from dmlscale.indices import anchor_weights
 from dmlscale.losses.base import BaseMetricLossFunction
 from dmlscale.losses.proxy_parameters import (
+    ProxyRegularization,
     WeightInit,
     check_class_labels,
     check_embedding_size,
@@ -26,7 +27,7 @@ from dmlscale.losses.proxy_parameters import (
 from dmlscale.param_checks import check_positive, check_positive_int, check_real
 
 
-class SoftTripleLoss(BaseMetricLossFunction):
+class SoftTripleLoss(ProxyRegularization, BaseMetricLossFunction):
     """SoftTriple loss (Qian et al. 2019), as PML: with s(x, c_ck) the similarity to centre k of class c,
 
         S_c(x) = sum_k softmax_k(s(x, c_ck) / gamma) s(x, c_ck)
@@ -36,13 +37,15 @@ class SoftTripleLoss(BaseMetricLossFunction):
     Needs a similarity (CosineSimilarity by default, or DotProductSimilarity). As PML, the attribute
     `gamma` holds 1 / gamma, and the paper's centre-merging regulariser is not part of the loss. `fc` is a
     D x C*K nn.Parameter (columns class-major: class c's centres are columns c*K .. c*K+K-1; Kaiming uniform,
-    a = sqrt(5), PML's init): give it to the optimiser with the model.
+    a = sqrt(5), PML's init): give it to the optimiser with the model. With a `weight_regularizer`,
+    `weight_reg_weight * weight_regularizer(fc.t())` (one row per centre) is the sub-loss "weight_reg_loss".
     """
 
     compares_to_reference = False
 
     def __init__(self, num_classes: int, embedding_size: int, centers_per_class: int = 10, la: float = 20,
                  gamma: float = 0.1, margin: float = 0.01, weight_init_func: WeightInit | None = None,
+                 weight_regularizer: torch.nn.Module | None = None, weight_reg_weight: float = 1,
                  **kwargs: Any) -> None:
         owner = type(self).__name__
         check_positive_int(owner, "num_classes", num_classes)
@@ -51,7 +54,9 @@ class SoftTripleLoss(BaseMetricLossFunction):
         check_real(owner, "la", la)
         check_positive(owner, "gamma", gamma)
         check_real(owner, "margin", margin)
+        self.init_regularizer(owner, weight_regularizer, weight_reg_weight)
         super().__init__(**kwargs)
+        self.set_regularizer(weight_regularizer, weight_reg_weight)
         if not self.distance.is_inverted:
             raise ValueError(f"{owner} needs a similarity (CosineSimilarity or DotProductSimilarity), got the "
                              f"distance {type(self.distance).__name__}")
@@ -71,6 +76,9 @@ class SoftTripleLoss(BaseMetricLossFunction):
     def get_default_distance(self) -> BaseDistance:
         return CosineSimilarity()
 
+    def sub_loss_names(self) -> list[str]:
+        return ["loss", *self.regularization_loss_names()]
+
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """S_c(x): the B x C class similarities, each a softmax-weighted mean over the class's centres."""
         sim_BCK = self.distance(embeddings, like_embeddings(self.fc, embeddings).t())
@@ -89,8 +97,9 @@ class SoftTripleLoss(BaseMetricLossFunction):
         sim_BC = self.get_logits(embeddings)
         own_BC = F.one_hot(labels, self.num_classes).to(dtype)
         losses_B = F.cross_entropy(self.la * (sim_BC - self.margin * own_BC), labels, reduction="none")
-        return {"loss": {"losses": losses_B * weights_B, "indices": torch.arange(len(embeddings), device=device),
-                         "reduction_type": "element"}}
+        loss_dict = {"loss": {"losses": losses_B * weights_B, "indices": torch.arange(len(embeddings), device=device),
+                              "reduction_type": "element"}}
+        return self.add_weight_regularization(loss_dict, like_embeddings(self.fc, embeddings).t())
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, embedding_size={self.embedding_size}, "

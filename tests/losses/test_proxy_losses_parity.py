@@ -273,3 +273,28 @@ def test_proxy_nca_is_an_nca_loss_as_in_pml():
     assert isinstance(ours.ProxyNCALoss(3, DIM), ours.NCALoss)
     assert issubclass(pml_losses.ProxyNCALoss, pml_losses.NCALoss)
     assert ours.ProxyNCALoss(3, DIM, distance=ours_d.CosineSimilarity()).distance.is_inverted
+
+
+@pytest.mark.parametrize("regularizer", ["LpRegularizer", "RegularFaceRegularizer", "ZeroMeanRegularizer"])
+@pytest.mark.parametrize("name", NAMES)
+def test_parity_with_a_weight_regularizer(name, regularizer):
+    """PML's weight regularizer (any module of the proxies' rows to a scalar; PML's own here): the sub-loss
+    "weight_reg_loss" times weight_reg_weight, reduced with the rest."""
+    pml_regularizers = pytest.importorskip("pytorch_metric_learning.regularizers")
+    reg = getattr(pml_regularizers, regularizer)()
+    torch.manual_seed(20)
+    mine, theirs = make_pair(name, weight_regularizer=reg, weight_reg_weight=0.3)
+    assert mine.sub_loss_names() == theirs.sub_loss_names() and "weight_reg_loss" in mine.sub_loss_names()
+    emb_BD, labels_B = make_batch(51, batch_size=10, dim=DIM, num_classes=4)
+    compare(mine, theirs, emb_BD, labels_B)
+    compare(mine, theirs, emb_BD, labels_B, triplet_tuple_from_labels(labels_B, 51))
+    plain, _ = make_pair(name)
+    with torch.no_grad():
+        getattr(plain, PROXY_ATTR[name]).copy_(getattr(mine, PROXY_ATTR[name]))
+    rows = getattr(mine, PROXY_ATTR[name]).detach()
+    expected = plain(emb_BD, labels_B) + 0.3 * reg(rows if name != "SoftTripleLoss" else rows.t())
+    assert_close(mine(emb_BD, labels_B).detach(), expected.detach())
+    with pytest.raises(ValueError, match=f"{name}: weight_regularizer must be None or a regularizer module"):
+        getattr(ours, name)(3, DIM, weight_regularizer="lp")
+    with pytest.raises(ValueError, match=f"{name}: weight_reg_weight must be a number, got 'x'"):
+        getattr(ours, name)(3, DIM, weight_regularizer=reg, weight_reg_weight="x")
