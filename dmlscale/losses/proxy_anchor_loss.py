@@ -39,7 +39,7 @@ class ProxyAnchorLoss(ProxyRegularization, BaseMetricLossFunction):
 
     (for a distance d the signs flip: alpha (d - margin), alpha (-margin - d)). w_x = miner weight - 1,
     the miner weight being x's count in indices_tuple over the largest count (1 without one), so w_x = 0
-    when there is no miner. A proxy with no sample on one side gives 0 there. The default reducer is
+    when there is no miner, and a sample absent from the tuple still counts, damped by e^-1 (as PML). A proxy with no sample on one side gives 0 there. The default reducer is
     DivisorReducer (the divisors above); sub-losses "pos_loss" and "neg_loss". `proxies` is a C x D
     nn.Parameter (Kaiming normal, fan_out): give it to the optimiser with the model. With a `weight_regularizer`,
     `weight_reg_weight * weight_regularizer(proxies)` is the sub-loss "weight_reg_loss" (PML's).

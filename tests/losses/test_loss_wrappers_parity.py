@@ -46,7 +46,8 @@ def containers(losses, miners, weights, as_dict: bool):
         if as_dict:
             keys = [f"l{i}" for i in range(len(loss_list))]
             return dict(losses=dict(zip(keys, loss_list)),
-                        miners=None if miner_list is None else {k: m for k, m in zip(keys, miner_list) if m is not None},
+                        miners=None if miner_list is None else {k: m for k, m in zip(keys, miner_list)
+                                                                if m is not None},
                         weights=None if weights is None else dict(zip(keys, weights)))
         return dict(losses=loss_list, miners=miner_list, weights=None if weights is None else list(weights))
 
@@ -148,7 +149,8 @@ def test_multiple_losses_refusals_where_pml_asserts():
 # ------------------------------------------------------------------------------------ SelfSupervised
 SELF_SUPERVISED = [
     ("NTXentLoss", {}), ("NTXentLoss", {"temperature": 0.5}),
-    ("TripletMarginLoss", {"margin": 0.5}), ("TripletMarginLoss", {"margin": 0.3, "distance": ("CosineSimilarity", {})}),
+    ("TripletMarginLoss", {"margin": 0.5}),
+    ("TripletMarginLoss", {"margin": 0.3, "distance": ("CosineSimilarity", {})}),
     ("ContrastiveLoss", {"pos_margin": 0.05, "neg_margin": 0.8}), ("MultiSimilarityLoss", {}),
     ("SupConLoss", {}), ("CircleLoss", {}), ("NCALoss", {}),
 ]
@@ -205,7 +207,8 @@ def test_self_supervised_refuses_an_unsupported_loss_as_pml_does(name):
 def test_self_supervised_errors_name_the_bad_values():
     loss = ours.SelfSupervisedLoss(ours.NTXentLoss())
     emb_BD, ref_BD = two_views(68)
-    with pytest.raises(ValueError, match=r"ref_emb must be the other view of the same rows, shape \(8, 5\); got \(7, 5\)"):
+    with pytest.raises(ValueError, match=r"ref_emb must be the other view of the same rows, shape \(8, 5\); "
+                                         r"got \(7, 5\)"):
         loss(emb_BD, ref_BD[:7])
     with pytest.raises(ValueError, match="ref_emb must be a floating tensor"):
         loss(emb_BD, ref_BD.long())

@@ -208,7 +208,8 @@ def test_a_multiple_losses_recipe_trains_every_loss_over_the_global_batch(tmp_pa
     miners_ = [{"name": "BatchHardMiner"}, None]
     weights = [1.0, 0.5]
     if as_dict:
-        options = {"losses": {"t": specs[0], "m": specs[1]}, "miners": {"t": miners_[0]}, "weights": {"t": 1.0, "m": 0.5}}
+        options = {"losses": {"t": specs[0], "m": specs[1]}, "miners": {"t": miners_[0]},
+                   "weights": {"t": 1.0, "m": 0.5}}
     else:
         options = {"losses": specs, "miners": miners_, "weights": weights}
     config = label_recipe(tmp_path, {"name": "MultipleLosses", "options": options})
