@@ -3,7 +3,9 @@ class's signature, so a recipe can name any of them: `{"name": "MultiSimilarityL
 
 A class takes the options of its own `__init__` and, where that `__init__` passes `**kwargs` on, those of its
 bases (PML's `distance=`, `reducer=`, `collect_stats=`). An option `distance`, `reducer` or `default_reducer`
-may itself be a component spec, and `reducers` a mapping of them (MultipleReducers). Classes whose name starts
+may itself be a component spec, and `reducers` a mapping of them (MultipleReducers); so may the loss wrappers'
+`loss` (SelfSupervisedLoss) and `losses` / `miners` (MultipleLosses: a mapping or a list of specs, None for a
+loss without a miner). Classes whose name starts
 with `Base` or `Generic` are templates to subclass (as in PML) and are not offered.
 """
 
@@ -20,8 +22,10 @@ import torch
 from dmlscale import distances, losses, miners
 
 KINDS = ("loss", "miner", "reducer", "distance")
-NESTED_KINDS = {"distance": "distance", "reducer": "reducer", "default_reducer": "reducer"}
+NESTED_KINDS = {"distance": "distance", "reducer": "reducer", "default_reducer": "reducer", "loss": "loss"}
+NESTED_COLLECTIONS = {"reducers": "reducer", "losses": "loss", "miners": "miner"}  # mappings or lists of specs
 IMAGE_TEXT_LOSSES = ("ClipLoss", "SigLipLoss")  # take (image, text) embeddings, not (embeddings, labels)
+VIEW_PAIR_LOSSES = ("SelfSupervisedLoss",)  # take (embeddings, ref_emb) augmentation pairs, not (embeddings, labels)
 
 
 def _exported(module, base: type) -> dict[str, type]:
@@ -175,15 +179,31 @@ def build_component(kind: str, spec: object, *, key: str, context: Mapping | Non
     for option, value in options.items():
         nested_kind = NESTED_KINDS.get(option)
         if nested_kind is not None and isinstance(value, (str, Mapping)):
-            value = build_component(nested_kind, value, key=f"{options_key}.{option}")
-        elif option == "reducers" and isinstance(value, Mapping):
-            value = {sub: build_component("reducer", sub_spec, key=f"{options_key}.reducers.{sub}")
-                     for sub, sub_spec in value.items()}
+            value = build_component(nested_kind, value, key=f"{options_key}.{option}",
+                                    context=context if nested_kind == "loss" else None)
+        elif option in NESTED_COLLECTIONS and isinstance(value, (Mapping, list, tuple)):
+            value = _build_collection(NESTED_COLLECTIONS[option], value, key=f"{options_key}.{option}",
+                                      context=context)
         built[option] = value
     try:
         return cls(**built)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{options_key}: {cls.__name__}({_describe(options)}) failed: {error}") from None
+
+
+def _build_collection(kind: str, specs: Mapping | list | tuple, *, key: str,
+                      context: Mapping | None = None) -> dict | list:
+    """A mapping or list of component specs built one by one (`key.<name>` / `key[<i>]` in errors); a None
+    entry (a loss without a miner) and an already built module stay as they are. Nested losses get the
+    `context` (a proxy loss's `embedding_size`)."""
+    def one(spec: object, where: str) -> object:
+        if spec is None or isinstance(spec, torch.nn.Module):
+            return spec
+        return build_component(kind, spec, key=where, context=context if kind == "loss" else None)
+
+    if isinstance(specs, Mapping):
+        return {name: one(spec, f"{key}.{name}") for name, spec in specs.items()}
+    return [one(spec, f"{key}[{i}]") for i, spec in enumerate(specs)]
 
 
 def _describe(options: Mapping) -> str:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 DEMO_LOSSES = ("AngularLoss", "ArcFaceLoss", "BatchAllTripletLoss", "BatchHardTripletLoss", "BinomialDevianceLoss",
                "CenterLoss", "CircleLoss", "ContrastiveLoss", "CosFaceLoss", "DistanceWeightedMarginLoss",
-               "DynamicSoftMarginLoss", "FastAPLoss", "GaussianWeightedNegativeLoss", "GeneralizedLiftedStructureLoss",
-               "HardPairLoss", "HistogramLoss", "InstanceLoss", "IntraPairVarianceLoss", "LargeMarginSoftmaxLoss",
-               "LiftedStructureLoss", "MarginLoss", "MultiSimilarityLoss", "NCALoss", "NPairsLoss",
-               "NTXentLoss", "NormalizedSoftmaxLoss", "P2SGradLoss", "PNPLoss", "SignalToNoiseRatioContrastiveLoss",
-               "SmoothAPLoss", "SoftMarginTripletLoss", "SphereFaceLoss", "SubCenterArcFaceLoss", "SupConLoss",
+               "DynamicSoftMarginLoss", "FastAPLoss", "GaussianWeightedNegativeLoss",
+               "GeneralizedLiftedStructureLoss", "HardPairLoss", "HistogramLoss", "InstanceLoss",
+               "IntraPairVarianceLoss", "LargeMarginSoftmaxLoss", "LiftedStructureLoss", "MarginLoss",
+               "MultiSimilarityLoss", "NCALoss", "NPairsLoss", "NTXentLoss", "NormalizedSoftmaxLoss", "P2SGradLoss",
+               "PNPLoss", "ProxyAnchorLoss", "ProxyNCALoss", "SignalToNoiseRatioContrastiveLoss", "SmoothAPLoss",
+               "SoftMarginTripletLoss", "SoftTripleLoss", "SphereFaceLoss", "SubCenterArcFaceLoss", "SupConLoss",
                "ThresholdConsistentMarginLoss", "TripletMarginLoss", "TupletMarginLoss")
 DEMO_MINERS = ("AngularMiner", "BatchEasyHardMiner", "BatchHardMiner", "DistanceWeightedMiner", "HDCMiner",
                "MultiSimilarityMiner", "PairMarginMiner", "TripletMarginMiner", "UniformHistogramMiner")
@@ -25,8 +26,12 @@ NOT_IN_DEMO = {
     "VICRegLoss": "it compares two views of the same samples (embeddings, ref_emb) and takes no labels",
     "ManifoldLoss": "it takes no labels (meta-classes are drawn at random or given as indices_tuple)",
     "GenericPairLoss": "it is the base class of the pair losses, not a loss to train",
+    "BaseLossWrapper": "it is the base class of the loss wrappers, not a loss to train",
     "BaseMetricLossFunction": "it is the base class of every loss, not a loss to train",
     "BaseMiner": "it is the base class of every miner, not a miner to use",
+    "MultipleLosses": "it combines losses given to it as objects (MultipleLosses(losses, miners, weights)); "
+                      "a `dmlscale train` recipe builds it from nested specs",
+    "SelfSupervisedLoss": "it scores (embeddings, ref_emb) augmentation pairs, not labelled embeddings",
     "EmbeddingsAlreadyPackagedAsTriplets": "it needs batches laid out as consecutive (anchor, positive, negative) "
                                            "rows, and the demo's batches are class-balanced, not packaged",
 }

@@ -177,6 +177,17 @@ class DistributedLoss(torch.nn.Module):
                              "statistics over all the pairs of the batch, which each rank would take from its own "
                              "rows; train it on one process")
         if not self.loss.compares_to_reference:
+            # per-sample terms (CenterLoss, proxy losses): nothing to gather. A tuple weighs each sample by its
+            # count over the largest count in the tuple, a maximum over the whole batch that no rank sees.
+            if self.miner is not None or indices_tuple is not None:
+                _, world_size = world_rank_and_size(self.group)
+                if world_size > 1:
+                    raise ValueError(
+                        f"{type(self.loss).__name__} weighs samples by their count in the indices tuple over the "
+                        f"largest count in the global batch, which no rank sees; under DistributedLoss with "
+                        f"{world_size} ranks it takes neither a miner nor an indices_tuple")
+                if self.miner is not None:
+                    indices_tuple = self.miner(embeddings, labels)
             loss_dict = self.loss.loss_dict(embeddings, labels, indices_tuple)
             return global_reduce(self.loss.reducer, loss_dict, embeddings, self.group, labels)
         all_emb, all_labels, query_ref_index = gather_batch(embeddings, labels, self.group)

@@ -3,6 +3,7 @@
 from dmlscale.losses.angular_loss import AngularLoss
 from dmlscale.losses.arcface_loss import ArcFaceLoss
 from dmlscale.losses.base import BaseMetricLossFunction
+from dmlscale.losses.base_loss_wrapper import BaseLossWrapper
 from dmlscale.losses.batch_all_triplet_loss import BatchAllTripletLoss
 from dmlscale.losses.batch_hard_triplet_loss import BatchHardTripletLoss
 from dmlscale.losses.binomial_deviance_loss import BinomialDevianceLoss
@@ -26,12 +27,15 @@ from dmlscale.losses.lifted_structure_loss import LiftedStructureLoss
 from dmlscale.losses.manifold_loss import ManifoldLoss
 from dmlscale.losses.margin_loss import MarginLoss
 from dmlscale.losses.multi_similarity_loss import MultiSimilarityLoss
+from dmlscale.losses.multiple_losses import MultipleLosses
 from dmlscale.losses.n_pairs_loss import NPairsLoss
 from dmlscale.losses.nca_loss import NCALoss
 from dmlscale.losses.normalized_softmax_loss import NormalizedSoftmaxLoss
 from dmlscale.losses.ntxent_loss import NTXentLoss
 from dmlscale.losses.p2s_grad_loss import P2SGradLoss
 from dmlscale.losses.pnp_loss import PNPLoss
+from dmlscale.losses.proxy_anchor_loss import ProxyAnchorLoss
+from dmlscale.losses.proxy_nca_loss import ProxyNCALoss
 from dmlscale.losses.ranked_list_loss import RankedListLoss
 from dmlscale.losses.reducers import (
     AvgNonZeroReducer,
@@ -45,10 +49,12 @@ from dmlscale.losses.reducers import (
     SumReducer,
     ThresholdReducer,
 )
+from dmlscale.losses.self_supervised_loss import SelfSupervisedLoss
 from dmlscale.losses.siglip_loss import SigLipLoss
 from dmlscale.losses.signal_to_noise_ratio_contrastive_loss import SignalToNoiseRatioContrastiveLoss
 from dmlscale.losses.smooth_ap_loss import SmoothAPLoss
 from dmlscale.losses.soft_margin_triplet_loss import SoftMarginTripletLoss
+from dmlscale.losses.soft_triple_loss import SoftTripleLoss
 from dmlscale.losses.sphereface_loss import SphereFaceLoss
 from dmlscale.losses.subcenter_arcface_loss import SubCenterArcFaceLoss
 from dmlscale.losses.supcon_loss import SupConLoss
@@ -61,6 +67,7 @@ __all__ = [
     "AngularLoss",
     "ArcFaceLoss",
     "AvgNonZeroReducer",
+    "BaseLossWrapper",
     "BaseMetricLossFunction",
     "BaseReducer",
     "BatchAllTripletLoss",
@@ -90,6 +97,7 @@ __all__ = [
     "MarginLoss",
     "MeanReducer",
     "MultiSimilarityLoss",
+    "MultipleLosses",
     "MultipleReducers",
     "NCALoss",
     "NPairsLoss",
@@ -98,11 +106,15 @@ __all__ = [
     "P2SGradLoss",
     "PNPLoss",
     "PerAnchorReducer",
+    "ProxyAnchorLoss",
+    "ProxyNCALoss",
     "RankedListLoss",
+    "SelfSupervisedLoss",
     "SigLipLoss",
     "SignalToNoiseRatioContrastiveLoss",
     "SmoothAPLoss",
     "SoftMarginTripletLoss",
+    "SoftTripleLoss",
     "SphereFaceLoss",
     "SubCenterArcFaceLoss",
     "SumReducer",

@@ -50,8 +50,13 @@ class NCALoss(BaseMetricLossFunction):
         # each row's own sample leaves the softmax
         closeness_BR = closeness_BR.masked_fill(self_mask(query_ref_index, len(ref_emb)), torch.finfo(dtype).min)
         same_BR = (labels[:, None] == ref_labels[None, :]).to(dtype)
+        return self.nca_terms(closeness_BR, same_BR, weights_B)
+
+    def nca_terms(self, closeness_BR: torch.Tensor, same_BR: torch.Tensor, weights_B: torch.Tensor) -> dict:
+        """-log of each query's softmax mass on its same-class references, times its weight; a query with
+        no such mass (no same-class reference, or an underflow to 0) is dropped, as in PML."""
         prob_same_B = (F.softmax(self.softmax_scale * closeness_BR, dim=1) * same_BR).sum(dim=1)
         kept_B = prob_same_B != 0
         losses = -torch.log(prob_same_B[kept_B]) * weights_B[kept_B]
-        indices = torch.arange(len(embeddings), device=device)[kept_B]
+        indices = torch.arange(len(closeness_BR), device=closeness_BR.device)[kept_B]
         return {"loss": {"losses": losses, "indices": indices, "reduction_type": "element"}}

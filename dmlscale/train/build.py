@@ -23,6 +23,7 @@ from dmlscale.data.shards import describe_summary
 from dmlscale.data.text_encoding import TextEncoder
 from dmlscale.distributed import (DistributedClipLoss, DistributedCrossBatchMemory, DistributedLoss,
                                   DistributedSigLipLoss)
+from dmlscale.losses import MultipleLosses
 from dmlscale.memory import CrossBatchMemory
 from dmlscale.models import build_model
 from dmlscale.train.config import Config, DataConfig, LossConfig
@@ -167,12 +168,31 @@ def build_loss(loss: LossConfig, *, embedding_size: int | None = None) -> torch.
     if loss.miner is not None:
         miner = components.build_component("miner", {"name": loss.miner.name, "options": loss.miner.options},
                                            key="loss.miner")
+    if isinstance(pure, MultipleLosses):
+        return distribute_each(pure, miner)
     if loss.memory_size:
         if embedding_size is None:
             raise ValueError("loss.memory_size needs the model's embedding size")
         memory = CrossBatchMemory(pure, embedding_size, memory_size=loss.memory_size, miner=miner)
         return DistributedCrossBatchMemory(memory)
     return DistributedLoss(pure, miner=miner)
+
+
+def distribute_each(combined: MultipleLosses, miner: torch.nn.Module | None) -> MultipleLosses:
+    """The same MultipleLosses (weights, order) with each loss in a DistributedLoss that holds its miner (its
+    own, else the recipe's loss.miner), so every loss and miner sees the global batch."""
+    keys = list(combined.losses.keys()) if combined.is_dict else list(range(len(combined.losses)))
+    wrapped = []
+    for key in keys:
+        has_own = combined.miners is not None and (key in combined.miners if combined.is_dict
+                                                   else combined.miners[key] is not None)
+        where = f"loss.options.losses.{key}" if combined.is_dict else f"loss.options.losses[{key}]"
+        try:
+            wrapped.append(DistributedLoss(combined.losses[key], miner=combined.miners[key] if has_own else miner))
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+    losses = dict(zip(keys, wrapped)) if combined.is_dict else wrapped
+    return MultipleLosses(losses, weights=combined.weights)
 
 
 def make_train_loader(config: Config, rank: int, world_size: int, transform, tokenizer, context_length: int):

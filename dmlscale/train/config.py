@@ -125,6 +125,15 @@ class LossConfig(Section):
             if self.name in _components().IMAGE_TEXT_LOSSES and getattr(self, key):
                 raise ValueError(f"{key}={getattr(self, key)!r} needs a label loss; name={self.name!r} takes "
                                  f"(image, text) pairs")
+        if self.name in _components().VIEW_PAIR_LOSSES:
+            raise ValueError(f"name={self.name!r} scores (embeddings, ref_emb) augmentation pairs; the trainer "
+                             f"feeds (embeddings, labels) batches, so name one of its losses (options.loss) instead")
+        if self.name == "MultipleLosses":
+            if self.memory_size:
+                raise ValueError(f"memory_size={self.memory_size} does not apply to MultipleLosses (the memory holds "
+                                 "one loss); set memory_size=0")
+            if self.miner is not None and self.options.get("miners"):
+                raise ValueError("miner and options.miners both mine for MultipleLosses; give one of them")
 
     def _upgrade_legacy_keys(self) -> None:
         """Earlier releases' keys, said once each and rewritten as the keys that replace them (an explicit

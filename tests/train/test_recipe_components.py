@@ -8,6 +8,7 @@ import math
 import warnings
 
 import pytest
+import torch
 import yaml
 
 from dmlscale import components, distances, losses, miners
@@ -18,7 +19,13 @@ from dmlscale.train.schema import section_from_dict
 from dmlscale.train.session import current_form
 
 EMBEDDING_SIZE = 16
-REQUIRED = {"CenterLoss": {"num_classes": 10}, "RankedListLoss": {"margin": 0.4, "Tn": 4}}  # options without a default
+REQUIRED = {"CenterLoss": {"num_classes": 10},  # options without a default
+            "MultipleLosses": {"losses": ["TripletMarginLoss", {"name": "NTXentLoss"}]},
+            "ProxyAnchorLoss": {"num_classes": 10},
+            "ProxyNCALoss": {"num_classes": 10},
+            "RankedListLoss": {"margin": 0.4, "Tn": 4},
+            "SelfSupervisedLoss": {"loss": "NTXentLoss"},
+            "SoftTripleLoss": {"num_classes": 10}}
 REQUIRED |= {name: {"num_classes": 10} for name in ("ArcFaceLoss", "CosFaceLoss", "LargeMarginSoftmaxLoss",
                                                    "NormalizedSoftmaxLoss", "SphereFaceLoss", "SubCenterArcFaceLoss")}
 REQUIRED["P2SGradLoss"] = {"descriptors_dim": EMBEDDING_SIZE, "num_classes": 10}
@@ -62,9 +69,17 @@ def test_every_loss_builds_from_a_recipe_dict_with_its_options(name):
     changed = changed_option(cls)
     if changed is not None:
         options[changed[0]] = changed[1]
+    if name in components.VIEW_PAIR_LOSSES:  # the trainer feeds labelled batches: refused, built by components
+        with pytest.raises(ValueError, match=rf"name='{name}' scores \(embeddings, ref_emb\) augmentation pairs"):
+            section_from_dict(LossConfig, {"name": name, "options": options})
+        assert type(components.build_component("loss", {"name": name, "options": options}, key="loss")) is cls
+        return
     loss_config = section_from_dict(LossConfig, {"name": name, "options": options})
     built = build_loss(loss_config, embedding_size=EMBEDDING_SIZE)
-    if name in components.IMAGE_TEXT_LOSSES:
+    if name == "MultipleLosses":  # each loss in its own DistributedLoss
+        assert type(built) is cls and all(isinstance(part, DistributedLoss) for part in built.losses)
+        pure = built
+    elif name in components.IMAGE_TEXT_LOSSES:
         assert isinstance(built, {"ClipLoss": DistributedClipLoss, "SigLipLoss": DistributedSigLipLoss}[name])
         pure = built
     else:
@@ -165,6 +180,77 @@ def test_a_required_option_and_a_loss_the_trainer_cannot_train_are_refused(tmp_p
 def test_the_margin_softmax_losses_class_weights_are_refused_by_the_trainer(tmp_path, name, parameter):
     with pytest.raises(ValueError, match=rf"loss.name='{name}' has trainable parameters \({parameter}\)"):
         label_recipe(tmp_path, {"name": name, "options": dict(REQUIRED[name])})
+
+
+@pytest.mark.parametrize("name, parameter", [("ProxyAnchorLoss", "proxies"), ("ProxyNCALoss", "proxies"),
+                                             ("SoftTripleLoss", "fc")])
+def test_a_proxy_loss_builds_but_the_trainer_refuses_its_proxies(tmp_path, name, parameter):
+    built = build_loss(section_from_dict(LossConfig, {"name": name, "options": {"num_classes": 10}}),
+                       embedding_size=EMBEDDING_SIZE)
+    assert type(built.loss).__name__ == name and built.loss.embedding_size == EMBEDDING_SIZE
+    with pytest.raises(ValueError, match=rf"loss.name='{name}' has trainable parameters \({parameter}\)"):
+        label_recipe(tmp_path, {"name": name, "options": {"num_classes": 10}})
+
+
+def test_a_recipe_dict_builds_self_supervised_loss_around_ntxent():
+    recipe = {"name": "SelfSupervisedLoss", "options": {"symmetric": False, "loss": {
+        "name": "NTXentLoss", "options": {"temperature": 0.2, "distance": {"name": "CosineSimilarity"}}}}}
+    built = components.build_component("loss", recipe, key="loss")
+    assert type(built) is losses.SelfSupervisedLoss and built.symmetric is False
+    assert type(built.loss) is losses.NTXentLoss and built.loss.temperature == 0.2
+    assert type(built.loss.distance) is distances.CosineSimilarity
+    emb = torch.randn(6, EMBEDDING_SIZE, dtype=torch.float64)
+    ref = emb + 0.3 * torch.randn(6, EMBEDDING_SIZE, dtype=torch.float64)
+    expected = losses.NTXentLoss(temperature=0.2)(emb, torch.arange(6), ref_emb=ref, ref_labels=torch.arange(6))
+    assert float(built(emb, ref)) == pytest.approx(float(expected), abs=1e-12)
+    with pytest.raises(ValueError, match=r"loss.options.loss.options.temprature: NTXentLoss takes no option"):
+        components.build_component("loss", {"name": "SelfSupervisedLoss", "options": {"loss": {
+            "name": "NTXentLoss", "options": {"temprature": 0.2}}}}, key="loss")
+    with pytest.raises(ValueError, match="SelfSupervisedLoss does not support CenterLoss"):
+        components.build_component("loss", {"name": "SelfSupervisedLoss", "options": {"loss": "CenterLoss"}},
+                                   key="loss", context={"embedding_size": EMBEDDING_SIZE, "num_classes": 3})
+
+
+@pytest.mark.parametrize("as_dict", [False, True], ids=["list", "dict"])
+def test_a_multiple_losses_recipe_trains_every_loss_over_the_global_batch(tmp_path, as_dict):
+    """Nested specs (with a miner for one loss and weights) build; the trainer's loss wraps each loss in
+    DistributedLoss with its miner, and on one process equals the plain MultipleLosses."""
+    specs = [{"name": "TripletMarginLoss", "options": {"margin": 0.3}}, "MultiSimilarityLoss"]
+    miners_ = [{"name": "BatchHardMiner"}, None]
+    weights = [1.0, 0.5]
+    if as_dict:
+        options = {"losses": {"t": specs[0], "m": specs[1]}, "miners": {"t": miners_[0]},
+                   "weights": {"t": 1.0, "m": 0.5}}
+    else:
+        options = {"losses": specs, "miners": miners_, "weights": weights}
+    config = label_recipe(tmp_path, {"name": "MultipleLosses", "options": options})
+    built = build_loss(config.loss, embedding_size=EMBEDDING_SIZE)
+    plain = components.build_component("loss", {"name": "MultipleLosses", "options": options}, key="loss")
+    parts = [built.losses["t"], built.losses["m"]] if as_dict else list(built.losses)
+    assert [type(p.loss) for p in parts] == [losses.TripletMarginLoss, losses.MultiSimilarityLoss]
+    assert type(parts[0].miner) is miners.BatchHardMiner and parts[1].miner is None
+    assert built.weights == plain.weights and built.miners is None
+    emb = torch.randn(12, EMBEDDING_SIZE, dtype=torch.float64)
+    labels = torch.arange(12) % 3
+    assert float(built(emb, labels)) == pytest.approx(float(plain(emb, labels)), abs=1e-12)
+
+
+@pytest.mark.parametrize("loss, needle", [
+    ({"name": "MultipleLosses", "options": {"losses": ["TripletMarginLoss"]}, "memory_size": 64},
+     "loss.memory_size=64 does not apply to MultipleLosses"),
+    ({"name": "MultipleLosses", "options": {"losses": ["TripletMarginLoss"], "miners": ["BatchHardMiner"]},
+      "miner": "BatchHardMiner"}, "miner and options.miners both mine"),
+    ({"name": "MultipleLosses", "options": {"losses": ["TripletMarginLoss", "ClipLoss"]}},
+     r"loss.options.losses\[1\]: DistributedLoss wraps a dmlscale metric loss, got ClipLoss"),
+    ({"name": "MultipleLosses", "options": {"losses": [{"name": "CenterLoss", "options": {"num_classes": 3}}]}},
+     r"has trainable parameters \(losses.0.centres_CD\)"),
+    ({"name": "MultipleLosses", "options": {"losses": {"a": "NTXentLoss"}, "weights": {"b": 1.0}}},
+     r"weights must have exactly the losses' keys \['a'\]"),
+])
+def test_a_multiple_losses_recipe_the_trainer_cannot_run_is_refused(tmp_path, loss, needle):
+    with pytest.raises(ValueError, match=needle):
+        config = label_recipe(tmp_path, loss)
+        build_loss(config.loss, embedding_size=EMBEDDING_SIZE)
 
 
 def test_image_text_loss_options_reach_the_distributed_loss():
