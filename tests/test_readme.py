@@ -4,9 +4,9 @@ Each ```python block is found by a marker line it contains (not by its position)
 be claimed by one test here, so a new block needs a test. Blocks run statement by statement (tracebacks
 point at README.md lines); sketch blocks get a prelude that defines their placeholders (`MyEmbedder`,
 `images`, `chunks`, `loader`, `img_ND`, `tokenizer`, ...) with real, tiny objects: a real model, real
-tensors, real shards written by the project's writer in a temporary folder. The DDP and DeepSpeed blocks
-run in a subprocess each (a 1-rank gloo group, DeepSpeed's ZeRO-2 engine on the CPU as written), so no
-process group or DeepSpeed state leaks into the test session. Every block also gets a static check:
+tensors, real shards written by the project's writer in a temporary folder. The DDP block runs on a 1-rank
+gloo group that is destroyed afterwards; the DeepSpeed block (ZeRO-2 on the CPU, as written) runs in a
+subprocess, so no DeepSpeed state leaks into the test session. Every block also gets a static check:
 each imported name resolves, and each call of a dmlscale function or class binds its keywords and
 positional count against the callee's signature (this also covers code in comments, e.g. the
 `build_model("tower_clip", ...)` alternatives, which are executed as well).
@@ -234,7 +234,7 @@ def test_pml_drop_in_block(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the global-batch block (DDP) and the DeepSpeed engine block: each in a fresh process
+# the global-batch block (DDP on a 1-rank gloo group) and the DeepSpeed engine block (in a fresh process)
 
 
 def run_in_subprocess(function_name: str, cwd: Path, timeout: float = 180) -> None:
@@ -297,11 +297,24 @@ def global_batch_block_in_process() -> None:
     assert clip_loss.item() == pytest.approx(expected.item(), rel=1e-6)
     memory = losses.CrossBatchMemory(losses.ContrastiveLoss(), 128, memory_size=8192)
     assert namespace["loss"].item() == pytest.approx(memory(emb, labels).item(), rel=1e-6)
-    dist.destroy_process_group()
 
 
-def test_global_batch_block(tmp_path):
-    run_in_subprocess("global_batch_block_in_process", tmp_path)
+def test_global_batch_block(tmp_path, monkeypatch):
+    """In this process: the group is destroyed afterwards, and the torch defaults the README's
+    init_process_group(info, timeout_s=300) sets for later groups are put back."""
+    import torch.distributed as dist
+    from torch.distributed import distributed_c10d
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("default_pg_timeout", "default_pg_nccl_timeout"):
+        if hasattr(distributed_c10d, name):
+            monkeypatch.setattr(distributed_c10d, name, getattr(distributed_c10d, name))
+    assert not dist.is_initialized()
+    try:
+        global_batch_block_in_process()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def engine_block_in_process() -> None:
@@ -380,7 +393,8 @@ def test_loader_block(tmp_path, monkeypatch):
                  "tokenizer": tokenizer, "checkpoint": checkpoint, "start_epoch": 1, "epochs": 2}
     namespace = run_block(python_block("loader = make_loader("), namespace)
     loader, batch = namespace["loader"], namespace["batch"]
-    assert loader.num_batches == 1347 // (world * 256) == 2
+    assert loader.epoch_batches == 1347 // (world * 256) == 2
+    assert loader.num_batches == len(checkpoint.stored) == 1  # "loader.num_batches batches": the rest of epoch 1
     assert sorted(batch) == ["image", "key", "text"]  # {"image": BxCxHxW, "text": BxL, "key": [...]}
     assert batch["image"].shape == (256, 3, 32, 32) and batch["text"].shape == (256, 77) and len(batch["key"]) == 256
     # epoch 1 resumed after its first batch: its one remaining batch, re-planned for 8 workers (one pass of
