@@ -788,3 +788,19 @@ def test_other_bash_commands():
             assert extra in extras, f"README.md:{line}: pyproject.toml has no extra {extra!r}"
         else:
             pytest.fail(f"README.md:{line}: no check for `{command}`; add one to tests/test_readme.py")
+
+
+def test_flags_in_prose_exist():
+    """Every `--flag` named outside the code blocks is an option of a dmlscale command or of a benchmark
+    script, or one the launch / Slurm scripts pass (torchrun's --max-restarts, #SBATCH --requeue);
+    --standalone is torchrun's own (the README contrasts it with the scripts' c10d rendezvous)."""
+    from dmlscale.cli import COMMANDS, build_parser
+
+    text = re.sub(r"```.*?```", "", README.read_text(), flags=re.S)
+    known = set()
+    for name in COMMANDS:
+        subparser = build_parser(name)._subparsers._group_actions[0].choices[name]
+        known |= {option for action in subparser._actions for option in action.option_strings}
+    sources = [path.read_text() for pattern in ("benchmarks/*.py", "launch/*.sh", "slurm/*") for path in ROOT.glob(pattern)]
+    for flag in sorted(set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text)) - known - {"--standalone"}):
+        assert any(re.search(rf"['\"\s]{flag}\b", source) for source in sources), f"README names {flag}: no command defines it"
