@@ -95,13 +95,14 @@ def run_block(block: Block, namespace: dict, after=None) -> dict:
 
 def test_every_python_block_is_checked():
     blocks = fenced_blocks("python")
-    assert len(blocks) >= len(set(PYTHON_BLOCKS)) - 1
+    assert len(blocks) == len(PYTHON_BLOCKS)
     for block in blocks:
         claimed = [marker for marker in PYTHON_BLOCKS if marker in block.code]
         assert len(claimed) == 1, (f"README.md line {block.line} (under {block.heading!r}): every ```python block "
                                    f"needs exactly one marker of tests/test_readme.py PYTHON_BLOCKS, found {claimed}")
-    for marker in PYTHON_BLOCKS:
+    for marker, test_name in PYTHON_BLOCKS.items():
         python_block(marker)
+        assert callable(globals().get(test_name)), test_name
 
 
 # ---------------------------------------------------------------------------------------------------------
