@@ -787,7 +787,9 @@ def test_other_bash_commands():
         if program in ("python", "python3") and words[1] == "-m" and words[2] == "pytest":
             assert "python -m pytest -q" in (ROOT / ".ci" / "run").read_text()  # "this is what .ci/run does"
         elif program in ("python", "python3") and words[1] == "-m":
-            assert importlib.util.find_spec(words[2]) is not None, f"README.md:{line}: no module {words[2]}"
+            spec = importlib.util.find_spec(words[2])
+            assert spec is not None, f"README.md:{line}: no module {words[2]}"
+            assert 'if __name__ == "__main__":' in Path(spec.origin).read_text(), f"README.md:{line}: {words[2]}"
         elif program in ("python", "python3") and words[1].endswith(".py"):
             python_block(f"# {words[1]}")
         elif program == "pip" and "-e" in words:
