@@ -41,6 +41,7 @@ PYTHON_BLOCKS = {
     "model = DDP(MyEmbedder())": "test_global_batch_block",
     "engine = build_engine(": "test_engine_block",
     "loader = make_loader(": "test_loader_block",
+    "sampler = MPerClassSampler(": "test_sampler_block",
     "# make_images.py": "test_own_images_blocks",
     "# use_export.py": "test_own_images_blocks",
     "from dmlscale.eval import": "test_eval_block",
@@ -401,6 +402,28 @@ def test_loader_block(tmp_path, monkeypatch):
     # epoch 1 resumed after its first batch: its one remaining batch, re-planned for 8 workers (one pass of
     # 8 workers here; each epoch costs one)
     assert [(s["epoch"], s["batches_consumed"], s["num_batches"]) for s in checkpoint.stored] == [(1, 1, 1)]
+
+
+def test_sampler_block():
+    """The samplers block as written: 4 of each of 8 classes per local batch; resumed after one batch of epoch 1
+    (rank 0 of 2), the loop runs that epoch's remaining batches and stores one state per step."""
+    from dmlscale.samplers import DistributedMPerClassSampler
+
+    labels = torch.arange(320) % 40  # 40 classes of 8
+    dataset = torch.utils.data.TensorDataset(torch.arange(320))
+    first = DistributedMPerClassSampler(labels, m=4, batch_size=32, rank=0, world_size=2, seed=0)
+    first.set_epoch(1)
+    next(iter(first))
+    checkpoint = RecordingDict(sampler=first.state_dict(batches_consumed=1))
+    checkpoint.stored.clear()
+    namespace = {"__name__": "__readme__", "labels": labels, "dataset": dataset, "rank": 0, "world": 2,
+                 "checkpoint": checkpoint, "start_epoch": 1, "epochs": 2}
+    namespace = run_block(python_block("sampler = MPerClassSampler("), namespace)
+    sampler, batch = namespace["sampler"], namespace["batch"]
+    counts = torch.bincount(labels[batch[0]], minlength=40)
+    assert sorted(counts[counts > 0].tolist()) == [4] * 8  # the last local batch: 4 of each of 8 classes
+    assert [s["batches_consumed"] for s in checkpoint.stored] == list(range(2, sampler.num_batches + 1))
+    assert all(s["epoch"] == 1 for s in checkpoint.stored)
 
 
 # ---------------------------------------------------------------------------------------------------------
