@@ -121,7 +121,10 @@ class Run:
         return {k: v for k, v in out.items() if v is not None}
 
     def evaluate(self, *, similarity_samples: bool = False) -> dict:
+        """The eval metrics; {} without reading the eval set when the config asks for none."""
         config = self.config
+        if not (config.eval.retrieval or build.zero_shot_classnames(config) or similarity_samples):
+            return {}
         module = self.engine.module
         tokenize = None if self.tokenizer is None else build.tokenize_fn(self.tokenizer, self.context_length)
         return evaluate(module, build.split_shards(config.data, "test"), task=self.task, rank=self.rank,

@@ -78,11 +78,27 @@ def test_distributed_equals_single_process(sizes):
                 assert diff <= 1e-10, f"{name} rank {rank} param {i}: grad diff {diff:.2e}"
 
 
-@pytest.mark.parametrize("make", [lambda: losses.P2SGradLoss(D_OUT, NUM_CLASSES),
-                                  lambda: losses.ArcFaceLoss(NUM_CLASSES, D_OUT,
-                                                             weight_regularizer=regularizers.LpRegularizer())],
-                         ids=["p2sgrad", "arcface-weight-regularizer"])
-def test_already_reduced_terms_are_refused_across_ranks(make):
-    emb_BD = torch.randn(6, D_OUT)
-    with pytest.raises(ValueError, match="already reduced value cannot be reduced across ranks"):
-        DistributedLoss(make())(emb_BD, torch.arange(6) % NUM_CLASSES)
+# losses whose terms come already reduced (P2SGrad's MSE, a weight regularizer): no exact split across ranks
+ALREADY_REDUCED = {
+    "p2sgrad": lambda: losses.P2SGradLoss(D_OUT, NUM_CLASSES),
+    "arcface-weight-regularizer": lambda: losses.ArcFaceLoss(NUM_CLASSES, D_OUT,
+                                                             weight_regularizer=regularizers.LpRegularizer()),
+}
+
+
+def _already_reduced_rank(rank, world_size, name):
+    torch.manual_seed(rank)
+    try:
+        DistributedLoss(ALREADY_REDUCED[name]())(torch.randn(6, D_OUT), torch.arange(6) % NUM_CLASSES)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+@pytest.mark.parametrize("name", list(ALREADY_REDUCED))
+def test_already_reduced_terms_run_on_one_process_and_are_refused_across_ranks(name):
+    emb_BD, labels_B = torch.randn(6, D_OUT), torch.arange(6) % NUM_CLASSES
+    loss = ALREADY_REDUCED[name]()
+    assert DistributedLoss(loss)(emb_BD, labels_B).item() == pytest.approx(loss(emb_BD, labels_B).item(), rel=1e-6)
+    said = results(run_world(_already_reduced_rank, 2, name))
+    assert all(s is not None and "already reduced value cannot be reduced across ranks" in s for s in said), said
