@@ -3,7 +3,8 @@ weights sharded by class, float64. Loss, embedding gradients and each rank's W-b
 (a) a dense single-process formula on the full matrix and (b) PML's ArcFaceLoss / CosFaceLoss /
 NormalizedSoftmaxLoss on the concatenated batch with the full W copied into `loss.W`, within 1e-10; for
 world sizes 1-4, unequal local batches (one empty), K not divisible by W, class tiles smaller than the
-blocks, a rank whose block holds no target, and a rank owning no class at all (K < W)."""
+blocks, a rank whose block holds no target, and a rank owning no class at all (K < W); with
+`data_parallel=True`, one SGD step of a DDP embedder plus the rank-owned blocks equals PML's step."""
 
 import math
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning import losses as pml_losses
+from torch.nn.parallel import DistributedDataParallel
 
 from dmlscale.distributed.sharded_classification import (ShardedArcFaceLoss, ShardedCosFaceLoss,
                                                          ShardedMarginSoftmaxLoss, ShardedNormalizedSoftmaxLoss,
@@ -72,7 +74,21 @@ def _rank_run(rank, world_size, sizes, num_classes, label_classes, tile, data_pa
         gathered = loss_fn.gather_full_weight()
         out[name] = {"value": value, "grad_x": grad_x, "grad_w": grad_w, "block": (loss_fn.class_start,
                      loss_fn.class_end), "gathered_equal": bool(torch.equal(gathered, weight_DK))}
+    if data_parallel:  # end to end: a DDP embedder and the rank-owned block in one optimizer step
+        model = DistributedDataParallel(embedder())
+        loss_fn = ShardedArcFaceLoss(num_classes, D, class_tile=tile, data_parallel=True).double()
+        loss_fn.load_full_weight(weight_DK)
+        optimizer = torch.optim.SGD([*model.parameters(), *loss_fn.parameters()], lr=0.5)
+        loss_fn(model(x_ND[start:stop]), labels_N[start:stop]).backward()
+        optimizer.step()
+        out["ddp-step"] = {"model": [p.detach().clone() for p in model.module.parameters()],
+                           "W": loss_fn.W.detach().clone()}
     return out
+
+
+def embedder():
+    torch.manual_seed(0)
+    return torch.nn.Linear(D, D).double()
 
 
 WORLDS = {  # id -> (local sizes, num_classes, classes the labels are drawn from, class tile, data_parallel)
@@ -116,6 +132,17 @@ def test_sharded_equals_single_process_and_pml(world):
                                            msg=lambda m: f"{name} vs {ref_name}, rank {rank} embeddings: {m}")
                 torch.testing.assert_close(got["grad_w"], grad_w[:, c0:c1], **TOL,
                                            msg=lambda m: f"{name} vs {ref_name}, rank {rank} W block: {m}")
+    if data_parallel:  # the same SGD step as one process with PML on the concatenated batch
+        model, pml = embedder(), pml_losses.ArcFaceLoss(num_classes=num_classes, embedding_size=D).double()
+        pml.W.data = weight_DK.clone()
+        optimizer = torch.optim.SGD([*model.parameters(), *pml.parameters()], lr=0.5)
+        pml(model(x_ND), labels_N).backward()
+        optimizer.step()
+        for rank, outcome in enumerate(per_rank):
+            c0, c1 = blocks[rank]
+            for got, want in zip(outcome["ddp-step"]["model"], model.parameters()):
+                torch.testing.assert_close(got, want.detach(), **TOL)
+            torch.testing.assert_close(outcome["ddp-step"]["W"], pml.W.detach()[:, c0:c1], **TOL)
     if world == "w4-unequal-idle-block":  # the idle block still gets the (non-zero) softmax gradient
         assert per_rank[3]["arcface"]["grad_w"].abs().sum() > 0
 
