@@ -9,7 +9,7 @@ The block's contribution to the softmax normaliser is split in two so that any m
 on N values: `block_logsumexp` gives lse over the block's NON-target logits and the raw target cosine of
 the rows whose class the block holds; the caller applies the margin to that cosine and folds the target
 logit back in with logaddexp. No N x C matrix is ever held: the forward keeps O(N) per row, the backward
-recomputes each N x T tile (3 products per tile in all: 1 forward, 2 backward) and writes the block's
+recomputes each N x T tile (4 products per tile in all: 1 forward, 3 backward) and writes the block's
 weight gradient in place, column tile by column tile.
 
 Partial log-sum-exps of different blocks (ranks) merge as lse = log sum_r exp(lse_r); the gradient
