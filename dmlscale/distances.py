@@ -218,3 +218,38 @@ class ModuleWithDistance(ModuleWithRecords):
                 raise ValueError(
                     f"{type(self).__name__} requires {names}({key}={value!r}), got {key}={getattr(self.distance, key)!r}"
                 )
+
+
+class BatchedDistance(torch.nn.Module):
+    """Streams a distance matrix in query chunks, so a Q x R matrix is never held whole (as PML).
+
+    `forward(query, ref=None)` calls `distance(query[s:e], ref)` for s = 0, batch_size, ... and hands
+    each chunk's matrix to `iter_fn(mat, s, e)`; it returns None (e may pass Q on the last chunk, as
+    in PML). Attributes it lacks (is_inverted, margin, ...) come from the wrapped distance.
+    """
+
+    def __init__(self, distance: BaseDistance, iter_fn: Any = None, batch_size: int = 32) -> None:
+        super().__init__()
+        if not callable(distance):
+            raise ValueError(f"distance must be callable (a BaseDistance), got {type(distance).__name__}")
+        if iter_fn is not None and not callable(iter_fn):
+            raise ValueError(f"iter_fn must be callable as iter_fn(mat, s, e) or None, got {type(iter_fn).__name__}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.distance = distance
+        self.iter_fn = iter_fn
+        self.batch_size = batch_size
+
+    def forward(self, query_emb: torch.Tensor, ref_emb: torch.Tensor | None = None) -> None:
+        if self.iter_fn is None:
+            raise ValueError("BatchedDistance.iter_fn is None: set iter_fn(mat, s, e) before calling it")
+        ref_emb = query_emb if ref_emb is None else ref_emb
+        for start in range(0, query_emb.shape[0], self.batch_size):
+            end = start + self.batch_size
+            self.iter_fn(self.distance(query_emb[start:end], ref_emb), start, end)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.distance, name)

@@ -156,3 +156,42 @@ def test_a_custom_distance_decides_the_embedding_shape_like_pml():
         loss(emb_BKD.reshape(9, 12), labels_B)
     with pytest.raises(ValueError, match=r"query embeddings must have shape"):
         ours_losses.TripletMarginLoss()(emb_BKD, labels_B)  # the default distance keeps the 2-D rule
+
+
+def _record_chunks(batched_cls, distance, batch_size, q, r):
+    calls = []
+    batched = batched_cls(distance, iter_fn=lambda mat, s, e: calls.append((mat.detach().clone(), s, e)),
+                          batch_size=batch_size)
+    assert batched(q, r) is None
+    return calls
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 9, 32])
+@pytest.mark.parametrize("with_ref", [False, True], ids=["self", "ref"])
+@pytest.mark.parametrize("setting", [DISTANCE_SETTINGS[i] for i in (0, 3, 6, 9)],
+                         ids=[DISTANCE_IDS[i] for i in (0, 3, 6, 9)])
+def test_batched_distance_matches_pml_chunk_by_chunk(setting, with_ref, batch_size):
+    """Same chunks (incl. a last partial one: 9 rows in 4s), same matrices, same (s, e) calls as PML."""
+    ours_dist, pml_dist = make_distances(*setting)
+    gen = torch.Generator().manual_seed(2)
+    q = torch.randn(9, 6, generator=gen, dtype=torch.float64)
+    r = torch.randn(7, 6, generator=gen, dtype=torch.float64) if with_ref else None
+    ours_calls = _record_chunks(ours.BatchedDistance, ours_dist, batch_size, q, r)
+    pml_calls = _record_chunks(pml_d.BatchedDistance, pml_dist, batch_size, q, r)
+    assert [(s, e) for _, s, e in ours_calls] == [(s, e) for _, s, e in pml_calls]
+    assert len(ours_calls) == -(-9 // batch_size)
+    for (ours_mat, _, _), (pml_mat, _, _) in zip(ours_calls, pml_calls):
+        assert_close(ours_mat, pml_mat, what="chunk matrix")
+    assert_close(torch.cat([m for m, _, _ in ours_calls]), ours_dist(q, r), what="stitched matrix")
+
+
+def test_batched_distance_forwards_attributes_and_checks_settings():
+    batched = ours.BatchedDistance(ours.CosineSimilarity(), batch_size=3)
+    assert batched.is_inverted is True and batched.batch_size == 3
+    with pytest.raises(ValueError, match="iter_fn is None"):
+        batched(torch.randn(4, 2))
+    for bad in (0, -2, 2.5, True):
+        with pytest.raises(ValueError, match=f"batch_size must be a positive int, got {bad!r}"):
+            ours.BatchedDistance(ours.LpDistance(), batch_size=bad)
+    with pytest.raises(ValueError, match="iter_fn must be callable"):
+        ours.BatchedDistance(ours.LpDistance(), iter_fn=3)

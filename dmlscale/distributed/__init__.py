@@ -8,12 +8,15 @@ from dmlscale.distributed.env import WorldInfo, init_process_group, world_info_f
 from dmlscale.distributed.formation import (FormedGroup, GroupFormationError, current_group,
                                           set_default_group_timeout)
 from dmlscale.distributed.heartbeat import StepHeartbeat
+from dmlscale.distributed.pml_wrappers import DistributedLossWrapper, DistributedMinerWrapper
 
 __all__ = [
     "DistributedClipLoss",
     "DistributedCrossBatchMemory",
     "DistributedLoss",
+    "DistributedLossWrapper",
     "DistributedMiner",
+    "DistributedMinerWrapper",
     "DistributedSigLipLoss",
     "FormedGroup",
     "GroupFormationError",

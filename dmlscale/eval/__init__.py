@@ -4,6 +4,7 @@ Single-process functions are imported here; the distributed ones (dmlscale.eval.
 first use, so importing dmlscale.eval stays light (no scikit-learn, no torch.distributed set-up).
 """
 
+from dmlscale.eval.accuracy_calculator import AccuracyCalculator
 from dmlscale.eval.metric import METRICS, metric_accuracy
 from dmlscale.eval.retrieval import retrieval_metrics
 from dmlscale.eval.topk import chunked_topk
@@ -11,7 +12,7 @@ from dmlscale.eval.zeroshot import zero_shot_accuracy, zero_shot_classifier
 
 _DISTRIBUTED = ("distributed_metric_accuracy", "distributed_retrieval_metrics", "distributed_zero_shot_accuracy")
 
-__all__ = ["METRICS", "chunked_topk", "metric_accuracy", "retrieval_metrics", "zero_shot_accuracy",
+__all__ = ["AccuracyCalculator", "METRICS", "chunked_topk", "metric_accuracy", "retrieval_metrics", "zero_shot_accuracy",
            "zero_shot_classifier", *_DISTRIBUTED]
 
 
