@@ -42,6 +42,7 @@ PYTHON_BLOCKS = {
     "engine = build_engine(": "test_engine_block",
     "loader = make_loader(": "test_loader_block",
     "sampler = MPerClassSampler(": "test_sampler_block",
+    "arcface = ShardedArcFaceLoss(": "test_sharded_arcface_block",
     "# make_images.py": "test_own_images_blocks",
     "# use_export.py": "test_own_images_blocks",
     "from dmlscale.eval import": "test_eval_block",
@@ -415,6 +416,22 @@ def test_sampler_block():
     assert sorted(counts[counts > 0].tolist()) == [4] * 8  # the last local batch: 4 of each of 8 classes
     assert [s["batches_consumed"] for s in checkpoint.stored] == list(range(2, sampler.num_batches + 1))
     assert all(s["epoch"] == 1 for s in checkpoint.stored)
+
+
+def test_sharded_arcface_block(tmp_path):
+    """The class-sharded ArcFace block as written, under torchrun with 2 processes: each rank owns half of the
+    1,000,003 classes and prints the same global-batch loss."""
+    script = tmp_path / "sharded_arcface.py"
+    script.write_text(python_block("arcface = ShardedArcFaceLoss(").code)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
+    assert [line.split(":")[0] for line in lines] == ["rank 0", "rank 1"], done.stdout
+    assert "classes [0, 500002)" in lines[0] and "classes [500002, 1000003)" in lines[1], lines
+    losses = {line.rsplit("loss ", 1)[1] for line in lines}
+    assert len(losses) == 1 and float(losses.pop()) > 0, lines
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from dmlscale.distributed.formation import (FormedGroup, GroupFormationError, cu
                                           set_default_group_timeout)
 from dmlscale.distributed.heartbeat import StepHeartbeat
 from dmlscale.distributed.pml_wrappers import DistributedLossWrapper, DistributedMinerWrapper
+from dmlscale.distributed.sharded_classification import (ShardedArcFaceLoss, ShardedCosFaceLoss,
+                                                         ShardedMarginSoftmaxLoss, ShardedNormalizedSoftmaxLoss)
 
 __all__ = [
     "DistributedClipLoss",
@@ -20,6 +22,10 @@ __all__ = [
     "DistributedSigLipLoss",
     "FormedGroup",
     "GroupFormationError",
+    "ShardedArcFaceLoss",
+    "ShardedCosFaceLoss",
+    "ShardedMarginSoftmaxLoss",
+    "ShardedNormalizedSoftmaxLoss",
     "StepHeartbeat",
     "WorldInfo",
     "all_gather_no_grad",
