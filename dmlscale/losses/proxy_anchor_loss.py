@@ -19,9 +19,7 @@ from dmlscale.losses.base import BaseMetricLossFunction
 from dmlscale.losses.proxy_parameters import (
     ProxyRegularization,
     WeightInit,
-    check_class_labels,
-    check_embedding_size,
-    check_no_reference,
+    check_proxy_batch,
     kaiming_normal_fan_out,
     like_embeddings,
     make_proxies,
@@ -78,12 +76,9 @@ class ProxyAnchorLoss(ProxyRegularization, BaseMetricLossFunction):
 
     def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor | None, indices_tuple: tuple | None,
                      ref_emb: torch.Tensor, ref_labels: torch.Tensor | None, query_ref_index: torch.Tensor) -> dict:
-        owner = type(self).__name__
-        self.require_labels(labels, allow_indices=False)
-        check_no_reference(owner, embeddings, ref_emb, why=" (each proxy's terms pool the whole batch, so it "
-                                                           "cannot take a gathered reference batch either)")
-        check_embedding_size(owner, embeddings, self.embedding_size)
-        check_class_labels(owner, labels, self.num_classes)
+        check_proxy_batch(type(self).__name__, embeddings, labels, ref_emb, num_classes=self.num_classes,
+                          embedding_size=self.embedding_size, why=" (each proxy's terms pool the whole batch, so it "
+                                                                  "cannot take a gathered reference batch either)")
         dtype, device = embeddings.dtype, embeddings.device
         w_B1 = anchor_weights(indices_tuple, len(embeddings), dtype, device)[:, None] - 1
         sim_BC = self.get_logits(embeddings)

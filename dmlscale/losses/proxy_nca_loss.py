@@ -15,9 +15,7 @@ from dmlscale.losses.nca_loss import NCALoss
 from dmlscale.losses.proxy_parameters import (
     ProxyRegularization,
     WeightInit,
-    check_class_labels,
-    check_embedding_size,
-    check_no_reference,
+    check_proxy_batch,
     like_embeddings,
     make_proxies,
     standard_normal,
@@ -64,11 +62,8 @@ class ProxyNCALoss(ProxyRegularization, NCALoss):
 
     def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor | None, indices_tuple: tuple | None,
                      ref_emb: torch.Tensor, ref_labels: torch.Tensor | None, query_ref_index: torch.Tensor) -> dict:
-        owner = type(self).__name__
-        self.require_labels(labels, allow_indices=False)
-        check_no_reference(owner, embeddings, ref_emb)
-        check_embedding_size(owner, embeddings, self.embedding_size)
-        check_class_labels(owner, labels, self.num_classes)
+        check_proxy_batch(type(self).__name__, embeddings, labels, ref_emb, num_classes=self.num_classes,
+                          embedding_size=self.embedding_size)
         dtype, device = embeddings.dtype, embeddings.device
         # the proxies are the reference set, so (as PML) only the anchors of a tuple weigh the samples
         weights_B = anchor_weights(indices_tuple, len(embeddings), dtype, device, using_ref=True)

@@ -65,6 +65,16 @@ def check_embedding_size(owner: str, embeddings: torch.Tensor, embedding_size: i
                          f"embedding_size={embedding_size}")
 
 
+def check_proxy_batch(owner: str, embeddings: torch.Tensor, labels: torch.Tensor | None, ref_emb: torch.Tensor, *,
+                      num_classes: int, embedding_size: int, why: str = "") -> None:
+    """A proxy loss's input checks, in order: labels given, no reference batch, the embedding size, the classes."""
+    if labels is None:
+        raise ValueError(f"{owner} needs labels; got labels=None")
+    check_no_reference(owner, embeddings, ref_emb, why)
+    check_embedding_size(owner, embeddings, embedding_size)
+    check_class_labels(owner, labels, num_classes)
+
+
 def like_embeddings(weight: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
     """The parameter in the embeddings' dtype and device, inside the graph (its gradient reaches the parameter,
     which keeps its own dtype and device; PML instead converts the parameter itself in place)."""

@@ -17,9 +17,7 @@ from dmlscale.losses.base import BaseMetricLossFunction
 from dmlscale.losses.proxy_parameters import (
     ProxyRegularization,
     WeightInit,
-    check_class_labels,
-    check_embedding_size,
-    check_no_reference,
+    check_proxy_batch,
     kaiming_uniform_sqrt5,
     like_embeddings,
     make_proxies,
@@ -87,11 +85,8 @@ class SoftTripleLoss(ProxyRegularization, BaseMetricLossFunction):
 
     def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor | None, indices_tuple: tuple | None,
                      ref_emb: torch.Tensor, ref_labels: torch.Tensor | None, query_ref_index: torch.Tensor) -> dict:
-        owner = type(self).__name__
-        self.require_labels(labels, allow_indices=False)
-        check_no_reference(owner, embeddings, ref_emb)
-        check_embedding_size(owner, embeddings, self.embedding_size)
-        check_class_labels(owner, labels, self.num_classes)
+        check_proxy_batch(type(self).__name__, embeddings, labels, ref_emb, num_classes=self.num_classes,
+                          embedding_size=self.embedding_size)
         dtype, device = embeddings.dtype, embeddings.device
         weights_B = anchor_weights(indices_tuple, len(embeddings), dtype, device)
         sim_BC = self.get_logits(embeddings)
