@@ -419,19 +419,27 @@ def test_sampler_block():
 
 
 def test_sharded_arcface_block(tmp_path):
-    """The class-sharded ArcFace block as written, under torchrun with 2 processes: each rank owns half of the
-    1,000,003 classes and prints the same global-batch loss."""
+    """The class-sharded ArcFace block as written, as 2 processes with torchrun's environment (RANK, WORLD_SIZE,
+    MASTER_ADDR/PORT, LOCAL_RANK; without its elastic agent): each rank owns half of the 1,000,003 classes
+    and prints the same global-batch loss."""
+    from dmlscale.distributed.env import free_port
+
     script = tmp_path / "sharded_arcface.py"
     script.write_text(python_block("arcface = ShardedArcFaceLoss(").code)
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
-    assert [line.split(":")[0] for line in lines] == ["rank 0", "rank 1"], done.stdout
+    port = str(free_port())
+    ranks = [subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": str(rank),
+                                   "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                                   "MASTER_PORT": port})
+             for rank in range(2)]
+    outputs = [rank.communicate(timeout=600) for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], [err[-2000:] for _, err in outputs]
+    lines = sorted(line for out, _ in outputs for line in out.splitlines() if line.startswith("rank "))
+    assert [line.split(":")[0] for line in lines] == ["rank 0", "rank 1"], outputs
     assert "classes [0, 500002)" in lines[0] and "classes [500002, 1000003)" in lines[1], lines
-    losses = {line.rsplit("loss ", 1)[1] for line in lines}
-    assert len(losses) == 1 and float(losses.pop()) > 0, lines
+    printed = re.search(r"it prints\s+`(rank 0: [^`]+)` and `(rank 1: [^`]+)`", README.read_text())
+    assert printed and lines == list(printed.groups()), (lines, printed)  # the README's two lines, loss and all
 
 
 # ---------------------------------------------------------------------------------------------------------
