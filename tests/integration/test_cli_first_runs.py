@@ -56,13 +56,15 @@ def test_a_run_folder_is_never_shared_and_a_finished_run_says_so(tmp_path, digit
         assert (refused.returncode, refused.stdout, refused.stderr.splitlines()) == (2, "", [refusal]), launcher
         assert folder_state(run_dir) == before
 
-    # the finished run resumed: one line, exit 0, nothing rewritten (no evaluation, export or warning)
-    finished = dmlscale_train("--resume", "latest", *args)
-    assert (finished.returncode, finished.stderr) == (0, ""), finished.stderr[-3000:]
-    assert finished.stdout.splitlines() == [f"dmlscale train: run {run_dir} already finished at step 4 of 4; nothing "
-                                            f"to do (raise train.steps to continue, e.g. --resume latest "
-                                            f"train.steps=8)"]
-    assert folder_state(run_dir) == before
+    # the finished run resumed, by 1 process and by 2: one line, exit 0, nothing rewritten (no evaluation,
+    # export or warning)
+    for launcher in ([], ["--nproc", "2"]):
+        finished = dmlscale_train(*launcher, "--resume", "latest", *args)
+        assert (finished.returncode, finished.stderr) == (0, ""), (launcher, finished.stderr[-3000:])
+        assert finished.stdout.splitlines() == [f"dmlscale train: run {run_dir} already finished at step 4 of 4; "
+                                                f"nothing to do (raise train.steps to continue, e.g. --resume latest "
+                                                f"train.steps=8)"], launcher
+        assert folder_state(run_dir) == before, launcher
 
     # raising train.steps continues it
     continued = dmlscale_train("--resume", "latest", *args, "train.steps=6")
