@@ -98,6 +98,11 @@ class BaseMetricLossFunction(ModuleWithDistance):
     def zero_losses(self) -> dict:
         return {name: {"losses": 0, "indices": None, "reduction_type": "already_reduced"} for name in self.sub_loss_names()}
 
+    def refuse_indices_tuple(self, indices_tuple: tuple | None, why: str = "PML refuses it too") -> None:
+        """ValueError when a loss that mines nothing from a tuple is given one."""
+        if indices_tuple is not None:
+            raise ValueError(f"{type(self).__name__} does not take an indices_tuple ({why})")
+
     def require_labels(self, labels: torch.Tensor | None, indices_tuple: tuple | None = None, *,
                        allow_indices: bool = True) -> None:
         if labels is None and (indices_tuple is None or not allow_indices):

@@ -42,8 +42,7 @@ class InstanceLoss(BaseMetricLossFunction):
     def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor | None, indices_tuple: tuple | None,
                      ref_emb: torch.Tensor, ref_labels: torch.Tensor | None, query_ref_index: torch.Tensor) -> dict:
         self.require_labels(labels, allow_indices=False)
-        if indices_tuple is not None:
-            raise ValueError(f"{type(self).__name__} does not take an indices_tuple (PML refuses it too)")
+        self.refuse_indices_tuple(indices_tuple)
         same_BR = labels[:, None] == ref_labels[None, :]
         has_target_B = same_BR.any(dim=1)
         if not bool(has_target_B.any()):

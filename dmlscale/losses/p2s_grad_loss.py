@@ -52,8 +52,7 @@ class P2SGradLoss(RegularizedLoss):
     def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor | None, indices_tuple: tuple | None,
                      ref_emb: torch.Tensor, ref_labels: torch.Tensor | None, query_ref_index: torch.Tensor) -> dict:
         owner = type(self).__name__
-        if indices_tuple is not None:
-            raise ValueError(f"{owner} does not take an indices_tuple (it scores every sample against every class)")
+        self.refuse_indices_tuple(indices_tuple, why="it scores every sample against every class")
         check_class_inputs(owner, embeddings, labels, ref_emb, ref_labels, num_classes=self.num_classes,
                            embedding_size=self.descriptors_dim)
         # swapped in through .data, as PML: no version bump, so two calls may share one backward

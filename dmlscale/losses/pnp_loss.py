@@ -52,8 +52,7 @@ class PNPLoss(BaseMetricLossFunction):
     def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor | None, indices_tuple: tuple | None,
                      ref_emb: torch.Tensor, ref_labels: torch.Tensor | None, query_ref_index: torch.Tensor) -> dict:
         self.require_labels(labels, allow_indices=False)
-        if indices_tuple is not None:
-            raise ValueError(f"{type(self).__name__} does not take an indices_tuple (PML refuses it too)")
+        self.refuse_indices_tuple(indices_tuple)
         dtype = embeddings.dtype
         same_BR, diff_BR = matches_and_diffs(labels, ref_labels, query_ref_index)
         has_pos_B = same_BR.any(dim=1)

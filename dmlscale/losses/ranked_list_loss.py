@@ -56,8 +56,7 @@ class RankedListLoss(BaseMetricLossFunction):
     def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor | None, indices_tuple: tuple | None,
                      ref_emb: torch.Tensor, ref_labels: torch.Tensor | None, query_ref_index: torch.Tensor) -> dict:
         self.require_labels(labels, allow_indices=False)
-        if indices_tuple is not None:
-            raise ValueError(f"{type(self).__name__} does not take an indices_tuple (PML refuses it too)")
+        self.refuse_indices_tuple(indices_tuple)
         mat_BR = self.distance(embeddings, ref_emb)
         same_BR, diff_BR = matches_and_diffs(labels, ref_labels, query_ref_index)
         pos_boundary = self.alpha - self.margin
