@@ -26,6 +26,19 @@ NESTED_KINDS = {"distance": "distance", "reducer": "reducer", "default_reducer":
 NESTED_COLLECTIONS = {"reducers": "reducer", "losses": "loss", "miners": "miner"}  # mappings or lists of specs
 IMAGE_TEXT_LOSSES = ("ClipLoss", "SigLipLoss")  # take (image, text) embeddings, not (embeddings, labels)
 VIEW_PAIR_LOSSES = ("SelfSupervisedLoss",)  # take (embeddings, ref_emb) augmentation pairs, not (embeddings, labels)
+# loss.sharded=true: the class-weight loss and its class-sharded twin in dmlscale.distributed
+SHARDED_LOSSES = {"ArcFaceLoss": "ShardedArcFaceLoss", "CosFaceLoss": "ShardedCosFaceLoss",
+                  "NormalizedSoftmaxLoss": "ShardedNormalizedSoftmaxLoss"}
+SHARDED_SET_BY_TRAINER = ("data_parallel", "init_seed", "group")  # options of the sharded class the trainer sets
+
+
+def sharded_class(name: str, *, key: str) -> type:
+    """The class-sharded twin of loss `name` (dmlscale.distributed imports lazily: it loads the collectives)."""
+    if name not in SHARDED_LOSSES:
+        raise ValueError(f"{key}=true needs one of {sorted(SHARDED_LOSSES)} as loss.name, got {name!r}")
+    import dmlscale.distributed
+
+    return getattr(dmlscale.distributed, SHARDED_LOSSES[name])
 
 
 def _exported(module, base: type) -> dict[str, type]:

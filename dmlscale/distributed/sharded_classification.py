@@ -51,6 +51,22 @@ def class_block(num_classes: int, world_size: int, rank: int) -> tuple[int, int]
     return start, start + base + (1 if rank < extra else 0)
 
 
+INIT_CHUNK = 4096  # classes per seeded block of the initial weights
+
+
+def seeded_columns(init_seed: int, embedding_size: int, start: int, end: int) -> torch.Tensor:
+    """Columns [start, end) of a standard-normal D x K matrix that depends on init_seed alone, not on the
+    world size: column c comes from block c // INIT_CHUNK, drawn from its own generator. So a run's
+    initial class weights are the same at any number of ranks."""
+    columns = []
+    for block in range(start // INIT_CHUNK, -(-end // INIT_CHUNK)):
+        generator = torch.Generator().manual_seed((init_seed * 0x9E3779B1 + block) % 2**32)  # torch keeps 32 bits
+        values_DC = torch.randn(embedding_size, INIT_CHUNK, generator=generator)
+        low, high = max(start, block * INIT_CHUNK), min(end, (block + 1) * INIT_CHUNK)
+        columns.append(values_DC[:, low - block * INIT_CHUNK:high - block * INIT_CHUNK])
+    return torch.cat(columns, dim=1) if columns else torch.empty(embedding_size, 0)
+
+
 class _ScaleGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, factor: float):
@@ -92,9 +108,11 @@ class ShardedMarginSoftmaxLoss(torch.nn.Module):
         self.rank, self.world_size = world_rank_and_size(group)
         self.class_start, self.class_end = class_block(self.num_classes, self.world_size, self.rank)
         self.W = torch.nn.Parameter(torch.empty(self.embedding_size, self.class_end - self.class_start))
-        generator = None if init_seed is None else torch.Generator().manual_seed(init_seed + self.class_start)
         with torch.no_grad():
-            self.W.normal_(generator=generator)  # PML's default init (normal_), per block
+            if init_seed is None:
+                self.W.normal_()  # PML's default init (normal_), from this rank's generator
+            else:
+                self.W.copy_(seeded_columns(init_seed, self.embedding_size, self.class_start, self.class_end))
 
     def extra_repr(self) -> str:
         return (f"margin_type={self.margin_type!r}, margin={self.margin}, scale={self.scale}, "

@@ -154,8 +154,15 @@ def image_transform(image_size: int, *, crop_scale: float = 1.0):
     return open_clip.image_transform(image_size, is_train=True, aug_cfg={"scale": (crop_scale, 1.0)})
 
 
-def build_loss(loss: LossConfig, *, embedding_size: int | None = None) -> torch.nn.Module:
-    """The distributed loss: every rank's rows against the global batch (exact on one process too)."""
+def build_loss(loss: LossConfig, *, embedding_size: int | None = None, seed: int = 0) -> torch.nn.Module:
+    """The distributed loss: every rank's rows against the global batch (exact on one process too). With
+    loss.sharded, the class-sharded head: this rank's block of class weights, drawn from `seed` alone, so
+    the initial matrix is the same at any world size."""
+    if loss.sharded:
+        if embedding_size is None:
+            raise ValueError("loss.sharded needs the model's embedding size")
+        sharded_cls = components.sharded_class(loss.name, key="loss.sharded")
+        return sharded_cls(embedding_size=embedding_size, data_parallel=True, init_seed=seed, **loss.options)
     if loss.name in components.IMAGE_TEXT_LOSSES:
         distributed = {"ClipLoss": DistributedClipLoss, "SigLipLoss": DistributedSigLipLoss}[loss.name]
         components.check_options(components.resolve_class("loss", loss.name, key="loss.name"), loss.options,

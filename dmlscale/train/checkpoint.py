@@ -269,7 +269,7 @@ def resolve_tag(run_dir: str | Path, tag: str = LATEST) -> str:
 def load(engine, run_dir: str | Path, tag: str = LATEST, *, restore_rng: bool = True,
          allow_world_size_change: bool = False) -> dict:
     """Load the engine (module, optimizer, scheduler) from `tag` (resolved and verified by
-    find_resume_tag); return {"step", "run_id", "world_size", "extra", "rng"}. Call on every rank.
+    find_resume_tag); return {"step", "run_id", "world_size", "extra", "rng", "tag"}. Call on every rank.
 
     At the saved world size, returns this rank's state and restores its RNG states (restore_rng).
     At another world size, raises unless allow_world_size_change; then re-shards the model and
@@ -287,7 +287,8 @@ def load(engine, run_dir: str | Path, tag: str = LATEST, *, restore_rng: bool = 
             raise ValueError(f"checkpoint {resolved!r} was saved by {saved_world_size} ranks; this run has "
                              f"{world_size} (ZeRO checkpoints are tied to the world size; pass "
                              f"allow_world_size_change=True to re-shard, or export the weights)")
-        return load_resharded(engine, run_dir, resolved, saved_rank0, restore_rng=restore_rng)
+        state = load_resharded(engine, run_dir, resolved, saved_rank0, restore_rng=restore_rng)
+        return {**state, "tag": resolved}
     state = saved_rank0 if rank == 0 else torch.load(extra_path(run_dir / resolved, rank), map_location="cpu",
                                                      weights_only=False)
     load_path, _ = engine.load_checkpoint(str(run_dir), tag=resolved)
@@ -295,4 +296,9 @@ def load(engine, run_dir: str | Path, tag: str = LATEST, *, restore_rng: bool = 
         raise ValueError(f"DeepSpeed could not load checkpoint {resolved!r} from {str(run_dir)!r}")
     if restore_rng:
         set_rng_states(state["rng"])
-    return state
+    return {**state, "tag": resolved}
+
+
+def saved_extra(run_dir: str | Path, tag: str, rank: int) -> dict:
+    """The extra dict saved rank `rank` wrote into checkpoint `tag` (e.g. its block of a sharded loss)."""
+    return torch.load(extra_path(Path(run_dir) / tag, rank), map_location="cpu", weights_only=False)["extra"]

@@ -108,6 +108,7 @@ class LossConfig(Section):
     options: dict = dataclasses.field(default_factory=dict)  # its constructor options; distance/reducer: {name, options}
     miner: ComponentConfig | str | None = None  # a class of dmlscale.miners (name or {name, options}); label losses
     memory_size: int = 0  # > 0: cross-batch memory of this many embeddings (label losses)
+    sharded: bool = False  # ArcFaceLoss / CosFaceLoss / NormalizedSoftmaxLoss with the class weights sharded by class over the ranks
     # deprecated (one release): loss.options.temperature / loss.options.margin / loss.options.tiled instead
     temperature: float | None = None
     margin: float | None = None
@@ -117,10 +118,13 @@ class LossConfig(Section):
         self._require(self.memory_size >= 0, "memory_size", "an int >= 0")
         self._upgrade_legacy_keys()
         loss_cls = _components().resolve_class("loss", self.name, key="name")
-        _components().check_options(loss_cls, self.options, key="options", provided=("embedding_size",))
+        if not self.sharded:  # else checked against the sharded class, below
+            _components().check_options(loss_cls, self.options, key="options", provided=("embedding_size",))
         if self.miner is not None:
             miner_cls = _components().resolve_class("miner", self.miner.name, key="miner.name")
             _components().check_options(miner_cls, self.miner.options, key="miner.options")
+        if self.sharded:
+            self._check_sharded()
         for key in ("miner", "memory_size"):
             if self.name in _components().IMAGE_TEXT_LOSSES and getattr(self, key):
                 raise ValueError(f"{key}={getattr(self, key)!r} needs a label loss; name={self.name!r} takes "
@@ -134,6 +138,17 @@ class LossConfig(Section):
                                  "one loss); set memory_size=0")
             if self.miner is not None and self.options.get("miners"):
                 raise ValueError("miner and options.miners both mine for MultipleLosses; give one of them")
+
+    def _check_sharded(self) -> None:
+        sharded_cls = _components().sharded_class(self.name, key="sharded")
+        for key in ("miner", "memory_size"):
+            if getattr(self, key):
+                raise ValueError(f"{key}={getattr(self, key)!r} does not apply to sharded={self.sharded} (a "
+                                 f"classification loss scores every sample against every class)")
+        set_by_trainer = sorted(set(self.options) & set(_components().SHARDED_SET_BY_TRAINER))
+        if set_by_trainer:
+            raise ValueError(f"options.{set_by_trainer[0]} is set by the trainer for sharded=true; remove it")
+        _components().check_options(sharded_cls, self.options, key="options", provided=("embedding_size",))
 
     def _upgrade_legacy_keys(self) -> None:
         """Earlier releases' keys, said once each and rewritten as the keys that replace them (an explicit
@@ -181,7 +196,9 @@ class OptimConfig(Section):
     eps: float = 1e-6
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
-    grad_clip: float = 1.0  # max global gradient norm; 0 disables
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables (the loss's own parameters are clipped apart)
+    loss_lr: float | None = None  # peak rate of the loss's own parameters (class weights, proxies); null: lr
+    loss_weight_decay: float = 0.0  # AdamW weight decay of the loss's own parameters
 
     def check(self) -> None:
         self._require(self.lr > 0, "lr", "a number > 0")
@@ -191,6 +208,8 @@ class OptimConfig(Section):
         self._require(self.warmup_steps >= 0, "warmup_steps", "an int >= 0")
         self._require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "a number in [0, 1]")
         self._require(self.grad_clip >= 0, "grad_clip", "a number >= 0")
+        self._require(self.loss_lr is None or self.loss_lr > 0, "loss_lr", "null or a number > 0")
+        self._require(self.loss_weight_decay >= 0, "loss_weight_decay", "a number >= 0")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -332,14 +351,12 @@ class Config(Section):
     def _check_loss_builds(self) -> None:
         """Build the loss and miner once, so that a bad option value fails here, naming its key."""
         loss = self.loss
-        built = _components().build_component("loss", {"name": loss.name, "options": loss.options}, key="loss",
-                                           context={"embedding_size": self.model.embed_dim})
+        if loss.sharded:  # options checked against the sharded class; its blocks are built by the ranks
+            return
+        _components().build_component("loss", {"name": loss.name, "options": loss.options}, key="loss",
+                                      context={"embedding_size": self.model.embed_dim})
         if loss.miner is not None:
             _components().build_component("miner", dataclasses.asdict(loss.miner), key="loss.miner")
-        trainable = [name for name, param in built.named_parameters() if param.requires_grad]
-        if trainable:
-            raise ValueError(f"loss.name={loss.name!r} has trainable parameters ({', '.join(trainable)}); the trainer "
-                             f"optimises the model's parameters only, so they would never train")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -41,8 +41,9 @@ class NonFiniteGuard:
     """Install on the torch optimizer inside a DeepSpeed engine; see the module docstring."""
 
     def __init__(self, engine, base_optimizer: torch.optim.Optimizer, *, rank: int, world_size: int,
-                 max_in_a_row: int, device: torch.device | str = "cpu"):
+                 max_in_a_row: int, device: torch.device | str = "cpu", extra_params: list | None = None):
         self.engine, self.rank, self.world_size = engine, rank, world_size
+        self.extra_params = list(extra_params or [])  # e.g. the loss's own parameters, stepped outside the engine
         self.max_in_a_row, self.device = max_in_a_row, device
         self.num_skipped, self.in_a_row = 0, 0
         self.skipping, self.first_rank, self.what = False, None, ""
@@ -64,7 +65,8 @@ class NonFiniteGuard:
         return checked
 
     def _grads_finite(self) -> bool:
-        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        params = [*self.engine.module.parameters(), *self.extra_params]
+        grads = [p.grad for p in params if p.grad is not None]
         return all(bool(torch.isfinite(g).all()) for g in grads)
 
     def before_update(self) -> None:

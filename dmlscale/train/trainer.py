@@ -38,6 +38,7 @@ from dmlscale.train.engine import engine_contrastive_step
 from dmlscale.train.evaluate import evaluate
 from dmlscale.train.export import export_weights
 from dmlscale.train.ledger import Ledger
+from dmlscale.train.loss_parameters import LossParameters
 from dmlscale.train.nonfinite import NonFiniteGuard
 from dmlscale.train.session import CHECKPOINTS, lock_run_folder, plan_resume
 from dmlscale.train.step_metrics import (GradNormProbe, StepRecorder, logit_metrics, output_similarity_metrics,
@@ -79,13 +80,18 @@ class Run:
         self.loader = build.make_train_loader(config, self.rank, self.world_size, train_transform, self.tokenizer,
                                               self.context_length)
         embedding_size = getattr(self.model, "embedding_dim", None)
-        self.loss_fn = build.build_loss(config.loss, embedding_size=embedding_size)
+        self.loss_fn = build.build_loss(config.loss, embedding_size=embedding_size, seed=config.seed).to(self.device)
+        optim = config.optim
+        self.loss_params = LossParameters(self.loss_fn, lr=optim.loss_lr or optim.lr, betas=optim.betas, eps=optim.eps,
+                                          weight_decay=optim.loss_weight_decay, grad_clip=optim.grad_clip,
+                                          world_size=self.world_size)
+        self.schedule_factor = 1.0
         self.chunks = config.train.grad_cache_chunks
         self.engine = build.build_run_engine(config, self.model, self.device, local_rank=self.info.local_rank)
         self.recorder, self.grad_norm = StepRecorder(), GradNormProbe(self.engine)
         self.guard = NonFiniteGuard(self.engine, self.engine.dmlscale_base_optimizer, rank=self.rank,
                                     world_size=self.world_size, max_in_a_row=config.train.max_nonfinite_steps,
-                                    device=self.device)
+                                    device=self.device, extra_params=self.loss_params.parameters)
 
     def forward_fn(self, chunk: dict) -> dict:
         if self.task == "image_label":
@@ -105,6 +111,7 @@ class Run:
             loss_fn = lambda out: self.loss_fn(out["image_features"], out["text_features"],  # noqa: E731
                                                out["logit_scale"], out.get("logit_bias"))
         self.labels = batch.get("label")
+        self.schedule_factor = self.engine.get_lr()[0] / self.config.optim.lr  # this step's, before the engine steps
         loss_fn = self.guard.wrap_loss(self.recorder.wrap(loss_fn, keep_outputs=keep_outputs))
         return float(engine_contrastive_step(self.engine, chunks, self.forward_fn, loss_fn,
                                              before_update=self.guard.before_update))
@@ -114,6 +121,7 @@ class Run:
         out = {**self.recorder.pop_terms(), **logit_metrics(self.engine.module),
                "train/grad_norm": self.grad_norm.value(), **skipped_metrics(self.loader.skipped),
                "train/skipped_nonfinite": self.guard.num_skipped,
+               "train/loss_params_grad_norm": self.loss_params.last_grad_norm,
                "perf/peak_memory_bytes": peak_memory_bytes(self.device)}
         if self.recorder.outputs is not None:
             out.update(output_similarity_metrics(self.recorder.outputs, self.labels))
@@ -208,6 +216,9 @@ def _train_session(config: Config, run: Run, plan, started: float) -> dict:
         relayout = bool(plan.changes and plan.changes.relayout)
         state = checkpoint.load(run.engine, checkpoint_dir, tag=plan.tag, allow_world_size_change=relayout)
         step, extra = state["step"], state["extra"]
+        run.loss_params.load_state_dict(
+            extra.get("loss_parameters"), saved_world_size=state["world_size"],
+            saved_state_of_rank=lambda r: checkpoint.saved_extra(checkpoint_dir, state["tag"], r).get("loss_parameters"))
         run.loader.load_state_dict(extra["data"])
         run.guard.num_skipped = extra.get("nonfinite_skipped", 0)
         if plan.changes is not None and plan.changes.applied:
@@ -236,7 +247,8 @@ def _train_session(config: Config, run: Run, plan, started: float) -> dict:
     def save(at: int) -> None:
         checkpoint.save(run.engine, checkpoint_dir, at,
                         {"data": run.loader.state_dict(), "wandb_run_id": wandb.run_id, "config": config.to_dict(),
-                         "data_totals": accounting.global_totals(), "nonfinite_skipped": run.guard.num_skipped},
+                         "data_totals": accounting.global_totals(), "nonfinite_skipped": run.guard.num_skipped,
+                         "loss_parameters": run.loss_params.state_dict()},
                         run_id=wandb.run_id or "", keep_last=config.checkpoint.keep_last,
                         keep_every=config.checkpoint.keep_every)
 
@@ -255,6 +267,7 @@ def _train_session(config: Config, run: Run, plan, started: float) -> dict:
                 _inject_nan(config, batch, step + 1, run.rank)
                 loss = run.train_step(batch, keep_outputs=logging)
                 skipped = run.guard.after_update(step + 1)
+                run.loss_params.step(schedule_factor=run.schedule_factor, skip=skipped)
                 if not skipped:
                     losses.append(loss)
                 if ledger is not None:

@@ -13,8 +13,10 @@ import yaml
 
 from dmlscale import components, distances, losses, miners
 from dmlscale.distributed import DistributedClipLoss, DistributedCrossBatchMemory, DistributedLoss, DistributedSigLipLoss
+from dmlscale.distributed.sharded_classification import seeded_columns
 from dmlscale.train.build import build_loss
 from dmlscale.train.config import ConfigWarning, LossConfig, load_config
+from dmlscale.train.loss_parameters import LossParameters
 from dmlscale.train.schema import section_from_dict
 from dmlscale.train.session import current_form
 
@@ -167,29 +169,57 @@ def test_a_misspelled_or_bad_option_is_refused_by_name(tmp_path, loss, needles):
         assert needle in str(error.value), (needle, str(error.value))
 
 
-def test_a_required_option_and_a_loss_the_trainer_cannot_train_are_refused(tmp_path):
+def test_a_required_option_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match=r"loss\.options\.num_classes: CenterLoss needs this option"):
         label_recipe(tmp_path, {"name": "CenterLoss"})
-    # its centres are loss parameters, which the engine (it trains the model's parameters) would leave untouched
-    with pytest.raises(ValueError, match=r"loss.name='CenterLoss' has trainable parameters \(centres"):
-        label_recipe(tmp_path, {"name": "CenterLoss", "options": {"num_classes": 10}})
 
 
-@pytest.mark.parametrize("name, parameter", [("ArcFaceLoss", "W"), ("SubCenterArcFaceLoss", "W"),
-                                             ("NormalizedSoftmaxLoss", "W"), ("P2SGradLoss", "weight")])
-def test_the_margin_softmax_losses_class_weights_are_refused_by_the_trainer(tmp_path, name, parameter):
-    with pytest.raises(ValueError, match=rf"loss.name='{name}' has trainable parameters \({parameter}\)"):
-        label_recipe(tmp_path, {"name": name, "options": dict(REQUIRED[name])})
+@pytest.mark.parametrize("name, parameters", [
+    ("CenterLoss", ["loss.centres_CD"]), ("ArcFaceLoss", ["loss.W"]), ("SubCenterArcFaceLoss", ["loss.W"]),
+    ("NormalizedSoftmaxLoss", ["loss.W"]), ("P2SGradLoss", ["loss.weight"]), ("ProxyAnchorLoss", ["loss.proxies"]),
+    ("ProxyNCALoss", ["loss.proxies"]), ("SoftTripleLoss", ["loss.fc"])])
+def test_a_loss_with_parameters_builds_and_its_parameters_are_trained_beside_the_engine(tmp_path, name, parameters):
+    config = label_recipe(tmp_path, {"name": name, "options": dict(REQUIRED.get(name, {"num_classes": 10}))})
+    built = build_loss(config.loss, embedding_size=EMBEDDING_SIZE)
+    assert type(built.loss).__name__ == name
+    trained = LossParameters(built, lr=0.1, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0, grad_clip=1.0,
+                             world_size=1)
+    assert [name for name, _ in trained.named] == parameters and trained.owned == {}
 
 
-@pytest.mark.parametrize("name, parameter", [("ProxyAnchorLoss", "proxies"), ("ProxyNCALoss", "proxies"),
-                                             ("SoftTripleLoss", "fc")])
-def test_a_proxy_loss_builds_but_the_trainer_refuses_its_proxies(tmp_path, name, parameter):
-    built = build_loss(section_from_dict(LossConfig, {"name": name, "options": {"num_classes": 10}}),
-                       embedding_size=EMBEDDING_SIZE)
-    assert type(built.loss).__name__ == name and built.loss.embedding_size == EMBEDDING_SIZE
-    with pytest.raises(ValueError, match=rf"loss.name='{name}' has trainable parameters \({parameter}\)"):
-        label_recipe(tmp_path, {"name": name, "options": {"num_classes": 10}})
+@pytest.mark.parametrize("name, sharded_name", [("ArcFaceLoss", "ShardedArcFaceLoss"),
+                                                ("CosFaceLoss", "ShardedCosFaceLoss"),
+                                                ("NormalizedSoftmaxLoss", "ShardedNormalizedSoftmaxLoss")])
+def test_loss_sharded_builds_the_class_sharded_head_with_the_recipes_options(tmp_path, name, sharded_name):
+    options = {"num_classes": 12, **({"temperature": 0.1} if name == "NormalizedSoftmaxLoss" else {"scale": 30.0})}
+    config = label_recipe(tmp_path, {"name": name, "options": options, "sharded": True})
+    built = build_loss(config.loss, embedding_size=EMBEDDING_SIZE, seed=5)
+    assert type(built).__name__ == sharded_name and built.data_parallel is True
+    assert built.num_classes == 12 and built.W.shape == (EMBEDDING_SIZE, 12)
+    assert torch.equal(built.W.detach(), seeded_columns(5, EMBEDDING_SIZE, 0, 12))  # from the seed alone
+    assert built.scale == (10.0 if name == "NormalizedSoftmaxLoss" else 30.0)
+    trained = LossParameters(built, lr=0.1, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0, grad_clip=1.0,
+                             world_size=1)
+    assert trained.owned == {"W": (0, 12, 12)}
+
+
+@pytest.mark.parametrize("loss, needle", [
+    ({"name": "TripletMarginLoss", "sharded": True},
+     r"loss.sharded=true needs one of \['ArcFaceLoss', 'CosFaceLoss', 'NormalizedSoftmaxLoss'\] as loss.name, "
+     r"got 'TripletMarginLoss'"),
+    ({"name": "ArcFaceLoss", "options": {"num_classes": 10}, "sharded": True, "miner": "BatchHardMiner"},
+     r"loss.miner=.*does not apply to sharded=True"),
+    ({"name": "ArcFaceLoss", "options": {"num_classes": 10}, "sharded": True, "memory_size": 64},
+     r"loss.memory_size=64 does not apply to sharded=True"),
+    ({"name": "ArcFaceLoss", "options": {"num_classes": 10, "init_seed": 3}, "sharded": True},
+     r"loss.options.init_seed is set by the trainer for sharded=true"),
+    ({"name": "ArcFaceLoss", "options": {"num_classes": 10, "weight_regularizer": "LpRegularizer"}, "sharded": True},
+     r"loss.options.weight_regularizer: ShardedArcFaceLoss takes no option 'weight_regularizer'"),
+    ({"name": "ArcFaceLoss", "sharded": True}, r"loss.options.num_classes: ShardedArcFaceLoss needs this option"),
+])
+def test_a_sharded_loss_the_trainer_cannot_run_is_refused_by_name(tmp_path, loss, needle):
+    with pytest.raises(ValueError, match=needle):
+        label_recipe(tmp_path, loss)
 
 
 def test_a_recipe_dict_builds_self_supervised_loss_around_ntxent():
@@ -242,8 +272,6 @@ def test_a_multiple_losses_recipe_trains_every_loss_over_the_global_batch(tmp_pa
       "miner": "BatchHardMiner"}, "miner and options.miners both mine"),
     ({"name": "MultipleLosses", "options": {"losses": ["TripletMarginLoss", "ClipLoss"]}},
      r"loss.options.losses\[1\]: DistributedLoss wraps a dmlscale metric loss, got ClipLoss"),
-    ({"name": "MultipleLosses", "options": {"losses": [{"name": "CenterLoss", "options": {"num_classes": 3}}]}},
-     r"has trainable parameters \(losses.0.centres_CD\)"),
     ({"name": "MultipleLosses", "options": {"losses": {"a": "NTXentLoss"}, "weights": {"b": 1.0}}},
      r"weights must have exactly the losses' keys \['a'\]"),
 ])
