@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -52,6 +53,22 @@ def class_block(num_classes: int, world_size: int, rank: int) -> tuple[int, int]
 
 
 INIT_CHUNK = 4096  # classes per seeded block of the initial weights
+
+
+@dataclass(frozen=True)
+class OwnedBlock:
+    """Where a rank-owned parameter sits in the full one: classes [start, end) of num_classes, along
+    dimension `dim`, `per_class` entries per class (sub-centres, centres) laid out class-major."""
+
+    start: int
+    end: int
+    num_classes: int
+    dim: int = 1
+    per_class: int = 1
+
+    def narrow(self, tensor: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Classes [start, end) (global numbers within this block) of `tensor`, a value of this block's shape."""
+        return tensor.narrow(self.dim, (start - self.start) * self.per_class, (end - start) * self.per_class)
 
 
 def seeded_columns(init_seed: int, embedding_size: int, start: int, end: int) -> torch.Tensor:
@@ -122,6 +139,10 @@ class ShardedMarginSoftmaxLoss(torch.nn.Module):
     def _margin_value(self) -> float:
         """The margin as the kernel takes it: radians for ArcFace (the option is in degrees, as in PML)."""
         return math.radians(self.margin) if self.margin_type == "arcface" else self.margin
+
+    def owned_blocks(self) -> dict[str, OwnedBlock]:
+        """{parameter name: its block}: the parameters this rank owns, which a data-parallel average must skip."""
+        return {"W": OwnedBlock(self.class_start, self.class_end, self.num_classes)}
 
     def load_full_weight(self, full_weight_DK: torch.Tensor) -> None:
         """Copy this rank's columns [class_start, class_end) of a full D x K matrix (e.g. PML's `loss.W`)."""

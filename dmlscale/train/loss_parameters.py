@@ -20,25 +20,27 @@ class range with the rows' values and AdamW moments, so a resume at another worl
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
 import torch
 
 from dmlscale.distributed.collectives import all_reduce_sum_no_grad
-from dmlscale.distributed.sharded_classification import ShardedMarginSoftmaxLoss, class_block
+from dmlscale.distributed.sharded_classification import OwnedBlock, class_block
 
 STATE_KEYS = ("value", "exp_avg", "exp_avg_sq")
 
 
-def owned_blocks(loss: torch.nn.Module) -> dict[str, tuple[int, int, int]]:
-    """{parameter name: (class_start, class_end, num_classes)} for the class blocks this rank owns (dim 1 of
-    the parameter is the class)."""
+def owned_blocks(loss: torch.nn.Module) -> dict[str, OwnedBlock]:
+    """{parameter name: its block} for the parameters this rank owns: those its sharded modules (any module
+    with an `owned_blocks()` method, e.g. ShardedMarginSoftmaxLoss) declare."""
     blocks = {}
     for module_name, module in loss.named_modules():
-        if isinstance(module, ShardedMarginSoftmaxLoss):
-            blocks[f"{module_name}.W" if module_name else "W"] = (module.class_start, module.class_end,
-                                                                 module.num_classes)
+        declared = getattr(module, "owned_blocks", None)
+        if callable(declared):
+            for name, block in declared().items():
+                blocks[f"{module_name}.{name}" if module_name else name] = block
     return blocks
 
 
@@ -116,7 +118,7 @@ class LossParameters:
         for name, param in self.named:
             moments = self.optimizer.state.get(param, {})
             block = self.owned.get(name)
-            entry = {"value": param.detach().clone(), "block": None if block is None else block[:2],
+            entry = {"value": param.detach().clone(), "block": None if block is None else (block.start, block.end),
                      "step": float(moments["step"]) if "step" in moments else 0.0}
             for key in ("exp_avg", "exp_avg_sq"):
                 entry[key] = moments[key].detach().clone() if key in moments else torch.zeros_like(param)
@@ -140,7 +142,7 @@ class LossParameters:
         saved = {r: (state if r == 0 else None) for r in range(saved_world_size)}
         for name, param in self.named:
             entry = state[name]
-            if name in self.owned and tuple(entry["block"]) != self.owned[name][:2]:
+            if name in self.owned and tuple(entry["block"]) != (self.owned[name].start, self.owned[name].end):
                 entry = self._owned_from_saved(name, saved, saved_world_size, saved_state_of_rank)
             if tuple(entry["value"].shape) != tuple(param.shape):
                 raise ValueError(f"loss parameter {name!r}: checkpoint shape {tuple(entry['value'].shape)}, this "
@@ -152,27 +154,28 @@ class LossParameters:
 
     def _owned_from_saved(self, name: str, saved: dict, saved_world_size: int,
                           saved_state_of_rank: Callable[[int], dict | None]) -> dict:
-        start, end, num_classes = self.owned[name]
+        block = self.owned[name]
         pieces: dict[str, list[torch.Tensor]] = {key: [] for key in STATE_KEYS}
-        covered, step = start, saved[0][name]["step"]
+        covered, step = block.start, saved[0][name]["step"]
         for rank in range(saved_world_size):
-            low, high = class_block(num_classes, saved_world_size, rank)
-            low, high = max(low, covered), min(high, end)
+            low, high = class_block(block.num_classes, saved_world_size, rank)
+            low, high = max(low, covered), min(high, block.end)
             if low >= high:
                 continue
             if saved[rank] is None:
                 saved[rank] = saved_state_of_rank(rank)
             entry = saved[rank][name]
-            offset = entry["block"][0]
-            if offset > low or entry["block"][1] < high:
+            held = dataclasses.replace(block, start=entry["block"][0], end=entry["block"][1])
+            if held.start > low or held.end < high:
                 raise ValueError(f"loss parameter {name!r}: saved rank {rank} holds classes {entry['block']}, "
                                  f"expected [{low}, {high}) within them")
             for key in STATE_KEYS:
-                pieces[key].append(entry[key][:, low - offset:high - offset])
+                pieces[key].append(held.narrow(entry[key], low, high))
             covered = high
-        if covered != end:
+        if covered != block.end:
             raise ValueError(f"loss parameter {name!r}: the checkpoint's blocks cover classes up to {covered}, this "
-                             f"rank needs [{start}, {end})")
+                             f"rank needs [{block.start}, {block.end})")
         template = saved[0][name]["value"]
-        return {"step": step, **{key: torch.cat(parts, dim=1) if parts else template.new_zeros(template.shape[0], 0)
+        empty = dataclasses.replace(block, start=0, end=0)
+        return {"step": step, **{key: torch.cat(parts, dim=block.dim) if parts else empty.narrow(template, 0, 0)
                                  for key, parts in pieces.items()}}

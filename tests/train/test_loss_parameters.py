@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dmlscale.distributed.sharded_classification import ShardedArcFaceLoss, class_block, seeded_columns
+from dmlscale.distributed.sharded_classification import OwnedBlock, ShardedArcFaceLoss, class_block, seeded_columns
 from dmlscale.train.loss_parameters import LossParameters
 from dmlscale.train.schedule import cosine_factor
 from tests.distributed.launch import results, run_world
@@ -98,24 +98,41 @@ def test_seeded_columns_do_not_depend_on_how_the_classes_are_split():
     assert torch.equal(ShardedArcFaceLoss(20, 4, init_seed=3).W.detach(), seeded_columns(3, 4, 0, 20))
 
 
-def test_a_checkpoint_saved_by_three_ranks_resumes_on_one():
+class RowBlocks(torch.nn.Module):
+    """A sharded layout other than the margin-softmax one: classes along dim 0, two rows per class (as
+    proxies with sub-centres would be), all classes owned at world size 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.P = torch.nn.Parameter(torch.zeros(2 * NUM_CLASSES, DIM))
+
+    def owned_blocks(self) -> dict[str, OwnedBlock]:
+        return {"P": OwnedBlock(0, NUM_CLASSES, NUM_CLASSES, dim=0, per_class=2)}
+
+
+@pytest.mark.parametrize("layout", ["columns", "rows-2-per-class"])
+def test_a_checkpoint_saved_by_three_ranks_resumes_on_one(layout):
     """Three saved blocks (values and Adam moments) are cut and joined into one rank's whole range."""
-    loss = ShardedArcFaceLoss(NUM_CLASSES, DIM, init_seed=0)
+    loss = ShardedArcFaceLoss(NUM_CLASSES, DIM, init_seed=0) if layout == "columns" else RowBlocks()
+    name, param = next(iter(loss.named_parameters()))
     params = LossParameters(loss, lr=LR, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0, grad_clip=0.0, world_size=1)
-    full = {key: torch.randn(DIM, NUM_CLASSES) for key in ("value", "exp_avg", "exp_avg_sq")}
+    block = params.owned[name]
+    full = {key: torch.randn(param.shape) for key in ("value", "exp_avg", "exp_avg_sq")}
     saved = {}
     for rank in range(3):
         start, end = class_block(NUM_CLASSES, 3, rank)
-        saved[rank] = {"W": {"block": (start, end), "step": 7.0, **{k: v[:, start:end] for k, v in full.items()}}}
+        part = {key: value.narrow(block.dim, start * block.per_class, (end - start) * block.per_class)
+                for key, value in full.items()}
+        saved[rank] = {name: {"block": (start, end), "step": 7.0, **part}}
     read = []
     params.load_state_dict(saved[0], saved_world_size=3, saved_state_of_rank=lambda r: read.append(r) or saved[r])
     assert sorted(read) == [1, 2]  # rank 0's state came with the call
-    assert torch.equal(loss.W.detach(), full["value"])
-    state = params.optimizer.state[loss.W]
+    assert torch.equal(param.detach(), full["value"])
+    state = params.optimizer.state[param]
     assert torch.equal(state["exp_avg"], full["exp_avg"]) and torch.equal(state["exp_avg_sq"], full["exp_avg_sq"])
     assert float(state["step"]) == 7.0
     # the round trip: what it saves is what it loaded
-    again = params.state_dict()["W"]
+    again = params.state_dict()[name]
     assert again["block"] == (0, NUM_CLASSES) and torch.equal(again["value"], full["value"])
 
 

@@ -13,7 +13,7 @@ import yaml
 
 from dmlscale import components, distances, losses, miners
 from dmlscale.distributed import DistributedClipLoss, DistributedCrossBatchMemory, DistributedLoss, DistributedSigLipLoss
-from dmlscale.distributed.sharded_classification import seeded_columns
+from dmlscale.distributed.sharded_classification import OwnedBlock, seeded_columns
 from dmlscale.train.build import build_loss
 from dmlscale.train.config import ConfigWarning, LossConfig, load_config
 from dmlscale.train.loss_parameters import LossParameters
@@ -200,7 +200,7 @@ def test_loss_sharded_builds_the_class_sharded_head_with_the_recipes_options(tmp
     assert built.scale == (10.0 if name == "NormalizedSoftmaxLoss" else 30.0)
     trained = LossParameters(built, lr=0.1, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0, grad_clip=1.0,
                              world_size=1)
-    assert trained.owned == {"W": (0, 12, 12)}
+    assert trained.owned == {"W": OwnedBlock(0, 12, 12)}
 
 
 @pytest.mark.parametrize("loss, needle", [
