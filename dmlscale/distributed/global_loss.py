@@ -16,6 +16,12 @@ one process running the loss on the concatenated batch (not multiplied by W). It
 times this rank's share (W * S_r / C); the all_gather backward sums shares across ranks and the
 data-parallel average (DDP, DeepSpeed) divides by W, so parameter gradients equal the single-process
 gradient. Without a data-parallel wrapper, divide the gradients by W yourself.
+
+A loss's `embedding_reg_loss` (PML's embedding_regularizer) is not a sum over rows that ranks could split
+(ZeroMeanRegularizer sums the batch first): every rank evaluates the regularizer on the gathered global
+batch (`all_gather_with_grad`). Its value is then the single-process one, and since every rank's graph
+holds the whole term, the gather's backward gives each row W times its single-process gradient: the
+convention above.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from dmlscale.distributed.collectives import (
 )
 from dmlscale.indices import tuple_to_reference_rows
 from dmlscale.losses.base import BaseMetricLossFunction
+from dmlscale.losses.regularization import EMBEDDING_REG_KEY
 from dmlscale.losses.streamed_totals import TOTAL_KEY, supports_totals
 from dmlscale.losses.reducers import (
     BaseReducer,
@@ -121,6 +128,23 @@ def global_reduce(reducer: BaseReducer, loss_dict: dict, embeddings: torch.Tenso
     return surrogate + (value - surrogate).detach()
 
 
+def reduce_with_global_regularization(loss: BaseMetricLossFunction, loss_dict: dict, embeddings: torch.Tensor,
+                                      group: dist.ProcessGroup | None = None, labels: torch.Tensor | None = None,
+                                      all_emb: torch.Tensor | None = None) -> torch.Tensor | dict:
+    """`global_reduce` of the loss dict, with its `embedding_reg_loss` (if any) taken over the global batch
+    (`all_emb`, the gathered `embeddings` with gradient; gathered here when not given). See module docstring."""
+    local_term = loss_dict.pop(EMBEDDING_REG_KEY, None)
+    reduced = global_reduce(loss.reducer, loss_dict, embeddings, group, labels)
+    if local_term is None:
+        return reduced
+    if all_emb is None:
+        all_emb = all_gather_with_grad(embeddings, group)
+    term = loss.embedding_regularization_loss(all_emb)
+    if isinstance(reduced, dict):  # DoNothingReducer: the dict, with the global term
+        return {**reduced, EMBEDDING_REG_KEY: term}
+    return reduced + term["losses"].reshape(())
+
+
 class DistributedMiner(torch.nn.Module):
     """Mine the local anchors against the global batch; returns indices into (local queries, global refs)."""
 
@@ -189,7 +213,7 @@ class DistributedLoss(torch.nn.Module):
                 if self.miner is not None:
                     indices_tuple = self.miner(embeddings, labels)
             loss_dict = self.loss.loss_dict(embeddings, labels, indices_tuple)
-            return global_reduce(self.loss.reducer, loss_dict, embeddings, self.group, labels)
+            return reduce_with_global_regularization(self.loss, loss_dict, embeddings, self.group, labels)
         all_emb, all_labels, query_ref_index = gather_batch(embeddings, labels, self.group)
         if self.miner is not None:
             indices_tuple = self.miner(embeddings, labels, all_emb.detach(), all_labels, query_ref_index=query_ref_index)
@@ -200,8 +224,8 @@ class DistributedLoss(torch.nn.Module):
         # every rank must run the gather's backward (an all_reduce), also one whose rows used no reference
         # (NPairsLoss on a rank holding no anchor, a miner that found nothing here): a zero keeps it connected
         connect = torch.sum(all_emb * 0)
-        reduced = global_reduce(self.loss.reducer, loss_dict, embeddings, self.group, labels)
+        reduced = reduce_with_global_regularization(self.loss, loss_dict, embeddings, self.group, labels, all_emb)
         return reduced if isinstance(reduced, dict) else reduced + connect
 
 
-__all__ = ["DistributedLoss", "DistributedMiner", "gather_batch", "global_reduce"]
+__all__ = ["DistributedLoss", "DistributedMiner", "gather_batch", "global_reduce", "reduce_with_global_regularization"]

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from dmlscale.distributed.collectives import all_gather_no_grad, gather_sizes, global_offsets, world_rank_and_size
-from dmlscale.distributed.global_loss import global_reduce
+from dmlscale.distributed.global_loss import reduce_with_global_regularization
 from dmlscale.memory import CrossBatchMemory
 
 
@@ -42,4 +42,4 @@ class DistributedCrossBatchMemory(torch.nn.Module):
         local_slots = slots[start:start + sizes[rank]]
         query_slots = local_slots if queries_enqueued else torch.full_like(query_labels, -1)
         loss_dict = self.memory.loss_against_memory(queries, query_labels, query_slots, indices_tuple, reduce=False)
-        return global_reduce(self.memory.loss.reducer, loss_dict, queries, self.group, query_labels)
+        return reduce_with_global_regularization(self.memory.loss, loss_dict, queries, self.group, query_labels)

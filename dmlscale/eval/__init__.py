@@ -5,6 +5,8 @@ first use, so importing dmlscale.eval stays light (no scikit-learn, no torch.dis
 """
 
 from dmlscale.eval.accuracy_calculator import AccuracyCalculator
+from dmlscale.eval.inference_model import InferenceModel, MatchFinder
+from dmlscale.eval.knn import CustomKNN, FaissKMeans, FaissKNN
 from dmlscale.eval.metric import METRICS, metric_accuracy
 from dmlscale.eval.retrieval import retrieval_metrics
 from dmlscale.eval.topk import chunked_topk
@@ -12,7 +14,7 @@ from dmlscale.eval.zeroshot import zero_shot_accuracy, zero_shot_classifier
 
 _DISTRIBUTED = ("distributed_metric_accuracy", "distributed_retrieval_metrics", "distributed_zero_shot_accuracy")
 
-__all__ = ["AccuracyCalculator", "METRICS", "chunked_topk", "metric_accuracy", "retrieval_metrics", "zero_shot_accuracy",
+__all__ = ["AccuracyCalculator", "CustomKNN", "FaissKMeans", "FaissKNN", "InferenceModel", "METRICS", "MatchFinder", "chunked_topk", "metric_accuracy", "retrieval_metrics", "zero_shot_accuracy",
            "zero_shot_classifier", *_DISTRIBUTED]
 
 

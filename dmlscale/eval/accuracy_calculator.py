@@ -2,12 +2,16 @@
 
 Legend: N queries, M references, D embedding size.
 
-Options PML has and this class does not compute (label_comparison_fn, knn_func, return_per_class) raise a
-ValueError naming them instead of being ignored; the neighbour search is chosen with `distance`
-("euclidean" is PML's default FaissKNN, "cosine" / "dot" stand for CustomKNN(CosineSimilarity()) /
-CustomKNN(DotProductSimilarity(normalize_embeddings=False))). `kmeans_func(query, num_clusters)` is
-supported as in PML. One deliberate difference: `requires_knn()` lists "mean_reciprocal_rank" (PML's
-omits it, so PML cannot compute that metric on its own: a TypeError there, a number here).
+Without knn_func the neighbour search is dmlscale's exact chunked one, chosen with `distance` ("euclidean" is
+PML's default FaissKNN, "cosine" / "dot" stand for CustomKNN(CosineSimilarity()) /
+CustomKNN(DotProductSimilarity(normalize_embeddings=False))). `knn_func(query, k, reference,
+ref_includes_query)` (CustomKNN, FaissKNN or any such callable) and `label_comparison_fn(a, b)` take PML's
+path (knn_accuracy.py), where, as in PML, embeddings are cast to float32 and labels to float (a comparison
+function may read several label columns). return_per_class gives each kNN metric as a list of per-class
+values (sorted class order), NMI / AMI stay numbers. `kmeans_func(query, num_clusters)` is supported as in
+PML. One deliberate difference: `requires_knn()` lists "mean_reciprocal_rank" (PML's omits it, so PML cannot
+compute that metric on its own: a TypeError there, a number here). A label_comparison_fn with NMI / AMI among
+the metrics raises a ValueError (PML: NotImplementedError).
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from dmlscale.eval.knn_accuracy import knn_func_accuracy
 from dmlscale.eval.metric import CLUSTER_METRICS, KNN_METRICS, METRICS, metric_accuracy
-from dmlscale.eval.topk import DEFAULT_CHUNK_SIZE, check_distance
+from dmlscale.eval.topk import DEFAULT_CHUNK_SIZE, check_distance, chunked_topk
 
 # PML orders its metrics as dir() lists its calculate_* methods: sorted, upper case first.
 PML_ORDER = tuple(sorted(METRICS))
@@ -69,15 +74,9 @@ class AccuracyCalculator:
         include, exclude = _check_names("", "include", include), _check_names("", "exclude", exclude)
         if avg_of_avgs and return_per_class:
             raise ValueError("AccuracyCalculator: avg_of_avgs and return_per_class are mutually exclusive")
-        if return_per_class:
-            raise ValueError("AccuracyCalculator: return_per_class=True is not supported by dmlscale "
-                             "(per-class lists); use avg_of_avgs=True for the mean over classes")
-        if label_comparison_fn is not None:
-            raise ValueError(f"AccuracyCalculator: label_comparison_fn={label_comparison_fn!r} is not supported by "
-                             "dmlscale; labels are compared by equality")
-        if knn_func is not None:
-            raise ValueError(f"AccuracyCalculator: knn_func={knn_func!r} is not supported by dmlscale; choose the "
-                             "neighbour search with distance='euclidean' | 'cosine' | 'dot' (exact, chunked)")
+        for name, function in (("label_comparison_fn", label_comparison_fn), ("knn_func", knn_func)):
+            if function is not None and not callable(function):
+                raise ValueError(f"AccuracyCalculator: {name} must be None or callable, got {function!r}")
         if kmeans_func is not None and not callable(kmeans_func):
             raise ValueError(f"AccuracyCalculator: kmeans_func must be callable(query, num_clusters), got {kmeans_func!r}")
         if not (k is None or k == "max_bin_count" or (isinstance(k, int) and not isinstance(k, bool) and k > 0)):
@@ -85,6 +84,11 @@ class AccuracyCalculator:
         check_distance("AccuracyCalculator", distance)
         self.original_metrics = _select(PML_ORDER, include, exclude)
         self.curr_metrics = self.original_metrics
+        if label_comparison_fn is not None and set(self.original_metrics) & set(CLUSTER_METRICS):
+            raise ValueError(f"AccuracyCalculator: label_comparison_fn={label_comparison_fn!r} cannot be combined "
+                             f"with the clustering metrics {list(CLUSTER_METRICS)}; exclude them")
+        self.label_comparison_fn = label_comparison_fn
+        self.knn_func = knn_func
         self.avg_of_avgs = avg_of_avgs
         self.return_per_class = return_per_class
         self.k = k
@@ -109,24 +113,66 @@ class AccuracyCalculator:
 
     def get_accuracy(self, query: torch.Tensor, query_labels: torch.Tensor, reference: torch.Tensor | None = None,
                      reference_labels: torch.Tensor | None = None, ref_includes_query: bool = False,
-                     include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> dict[str, float]:
+                     include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> dict[str, float | list[float]]:
         """{metric: value}; include/exclude narrow the constructor's metrics for this call, as in PML."""
         include = _check_names(".get_accuracy", "include", include)
         exclude = _check_names(".get_accuracy", "exclude", exclude)
         self.curr_metrics = _select(self.original_metrics, include, exclude)
+        if self.knn_func is not None or self.label_comparison_fn is not None:
+            return self._pml_path(query, query_labels, reference, reference_labels, ref_includes_query)
         query_ND = _as_tensor("query", query, self.device)
         query_labels_N = _as_labels("query_labels", query_labels, self.device)
         reference_MD = None if reference is None else _as_tensor("reference", reference, self.device)
         reference_labels_M = (None if reference_labels is None
                               else _as_labels("reference_labels", reference_labels, self.device))
         options = dict(ref_includes_query=ref_includes_query, k=self.k, distance=self.distance,
-                       avg_of_avgs=self.avg_of_avgs, chunk_size=self.chunk_size, kmeans_seed=self.kmeans_seed)
+                       avg_of_avgs=self.avg_of_avgs, chunk_size=self.chunk_size, kmeans_seed=self.kmeans_seed,
+                       return_per_class=self.return_per_class)
         chosen = [m for m in self.curr_metrics if self.kmeans_func is None or m in KNN_METRICS]
         results = metric_accuracy(query_ND, query_labels_N, reference_MD, reference_labels_M,
                                   include=tuple(chosen), **options) if chosen else {}
         if self.kmeans_func is not None and set(self.curr_metrics) & set(CLUSTER_METRICS):
             results.update(self._custom_clustering(query_ND, query_labels_N))
         return {m: results[m] for m in self.curr_metrics}
+
+    def _pml_path(self, query: Any, query_labels: Any, reference: Any, reference_labels: Any,
+                  ref_includes_query: bool) -> dict[str, float | list[float]]:
+        """With knn_func or label_comparison_fn: PML's float casts, search and label matching."""
+        if reference is None:
+            reference, reference_labels, ref_includes_query = query, query_labels, True
+        query, reference = (_as_tensor(n, v, self.device).float() for n, v in (("query", query),
+                                                                              ("reference", reference)))
+        query_labels, reference_labels = (_as_tensor(n, v, self.device).float() for n, v in (
+            ("query_labels", query_labels), ("reference_labels", reference_labels)))
+        if len(query) != len(query_labels) or len(reference) != len(reference_labels):
+            raise ValueError(f"AccuracyCalculator: {len(query)} queries with {len(query_labels)} labels, "
+                             f"{len(reference)} references with {len(reference_labels)} labels")
+        if ref_includes_query and not (torch.allclose(query, reference[:len(query)])
+                                       and torch.allclose(query_labels, reference_labels[:len(query)])):
+            raise ValueError("AccuracyCalculator: ref_includes_query=True needs the first len(query) reference rows "
+                             "and labels to equal the queries and their labels")
+        if self.label_comparison_fn is None and query_labels.ndim != 1:
+            raise ValueError(f"AccuracyCalculator: labels of shape {tuple(query_labels.shape)} need a "
+                             "label_comparison_fn; equality compares 1-D labels")
+        results: dict[str, float | list[float]] = {}
+        if set(self.curr_metrics) & set(KNN_METRICS):
+            results = knn_func_accuracy(query, query_labels, reference, reference_labels, self.curr_metrics,
+                                        ref_includes_query=ref_includes_query, k=self.k,
+                                        knn_func=self.knn_func or self._default_knn,
+                                        label_comparison_fn=self.label_comparison_fn, avg_of_avgs=self.avg_of_avgs,
+                                        return_per_class=self.return_per_class)
+        if set(self.curr_metrics) & set(CLUSTER_METRICS):
+            if self.kmeans_func is not None:
+                results.update(self._custom_clustering(query, query_labels.long()))
+            else:
+                results.update(metric_accuracy(query, query_labels.long(), include=tuple(
+                    m for m in CLUSTER_METRICS if m in self.curr_metrics), kmeans_seed=self.kmeans_seed))
+        return {m: results[m] for m in self.curr_metrics}
+
+    def _default_knn(self, query: torch.Tensor, k: int, reference: torch.Tensor,
+                     ref_includes_query: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return chunked_topk(query, reference, k, distance=self.distance, chunk_size=self.chunk_size,
+                            exclude_self=ref_includes_query)
 
     def _custom_clustering(self, query_ND: torch.Tensor, query_labels_N: torch.Tensor) -> dict[str, float]:
         from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score

@@ -41,14 +41,15 @@ def _chosen_metrics(include, exclude) -> list[str]:
     return [m for m in (include or METRICS) if m not in exclude]
 
 
-def _per_query_scores(knn_labels_ck, labels_c, relevant_c, ranks_c):
+def per_query_scores(correct_ck: torch.Tensor, relevant_c: torch.Tensor,
+                     ranks_c: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """PML's per-query values: precision@1, R-precision, AP@R, AP and reciprocal rank (0 when no hit).
 
+    correct_ck: whether each of the k nearest references matches the query's label, nearest first.
     relevant_c: R, the number of references sharing the query's label (itself excluded).
     ranks_c: exact rank of the first positive (k=None), or None to read it off the k neighbours.
     """
-    num_k = knn_labels_ck.shape[1]
-    correct_ck = knn_labels_ck == labels_c.unsqueeze(1)
+    num_k = correct_ck.shape[1]
     columns_k = torch.arange(1, num_k + 1, device=correct_ck.device)
     within_r_ck = columns_k.unsqueeze(0) <= relevant_c.unsqueeze(1)
     hits_ck = correct_ck & within_r_ck
@@ -65,12 +66,16 @@ def _per_query_scores(knn_labels_ck, labels_c, relevant_c, ranks_c):
             "mean_reciprocal_rank": reciprocal}
 
 
-def _average(values_n, labels_n, avg_of_avgs: bool) -> float:
-    if not avg_of_avgs:
+def average(values_n: torch.Tensor, labels_n: torch.Tensor, avg_of_avgs: bool,
+            return_per_class: bool = False) -> float | list[float]:
+    """The mean; with avg_of_avgs the mean of the per-class means; with return_per_class those means, in
+    the order of torch.unique(labels, dim=0) (PML's)."""
+    if not (avg_of_avgs or return_per_class):
         return values_n.mean().item()
-    _, class_n = torch.unique(labels_n, return_inverse=True)
-    sums = torch.zeros(int(class_n.max()) + 1, dtype=torch.float64).index_add_(0, class_n, values_n)
-    return (sums / torch.bincount(class_n)).mean().item()
+    _, class_n = torch.unique(labels_n, dim=0, return_inverse=True)
+    sums = torch.zeros(int(class_n.max()) + 1, dtype=torch.float64).index_add_(0, class_n, values_n.double())
+    per_class = sums / torch.bincount(class_n)
+    return per_class.tolist() if return_per_class else per_class.mean().item()
 
 
 def cluster_labels(features_ND: torch.Tensor, num_clusters: int, *, seed: int = 0) -> torch.Tensor:
@@ -91,14 +96,16 @@ def metric_accuracy(query_ND: torch.Tensor, query_labels_N: torch.Tensor, refere
                     reference_labels_M: torch.Tensor | None = None, *, ref_includes_query: bool = False,
                     include: tuple[str, ...] = (), exclude: tuple[str, ...] = (), k: int | str | None = None,
                     distance: str = "euclidean", avg_of_avgs: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                    backend: str = "auto", kmeans_seed: int = 0) -> dict[str, float]:
+                    backend: str = "auto", kmeans_seed: int = 0,
+                    return_per_class: bool = False) -> dict[str, float | list[float]]:
     """PML's AccuracyCalculator(include, exclude, avg_of_avgs, k).get_accuracy(...), chunked.
 
     reference None: the queries are their own references and each query skips itself (PML's
     ref_includes_query). k: None (full ranking), "max_bin_count" or an int, as in PML. distance:
     "euclidean" is PML's default (faiss IndexFlatL2 on the raw embeddings); "cosine" normalises
     first; "dot" is the raw inner product. Queries whose label has no other reference get no
-    kNN score (NaN when none is left). Returns {metric name: float}.
+    kNN score (NaN when none is left). Returns {metric name: float}; with return_per_class the kNN
+    metrics are lists of per-class means (sorted class order; NaN for each query class when none is left).
     """
     metrics = _chosen_metrics(include, exclude)
     check_features("query", query_ND)
@@ -125,7 +132,8 @@ def metric_accuracy(query_ND: torch.Tensor, query_labels_N: torch.Tensor, refere
     if any(m in KNN_METRICS for m in metrics):
         results.update(_knn_metrics(query_ND, query_labels_N, reference_MD, reference_labels_M, metrics,
                                     ref_includes_query=ref_includes_query, k=k, distance=distance,
-                                    avg_of_avgs=avg_of_avgs, chunk_size=chunk_size, backend=backend))
+                                    avg_of_avgs=avg_of_avgs, chunk_size=chunk_size, backend=backend,
+                                    return_per_class=return_per_class))
     if any(m in CLUSTER_METRICS for m in metrics):
         from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
@@ -137,7 +145,7 @@ def metric_accuracy(query_ND: torch.Tensor, query_labels_N: torch.Tensor, refere
 
 
 def _knn_metrics(query_ND, query_labels_N, reference_MD, reference_labels_M, metrics, *, ref_includes_query, k,
-                 distance, avg_of_avgs, chunk_size, backend) -> dict[str, float]:
+                 distance, avg_of_avgs, chunk_size, backend, return_per_class) -> dict[str, float | list[float]]:
     device = query_ND.device
     query_labels_N, reference_labels_M = query_labels_N.to(device), reference_labels_M.to(device)
     ref_values, ref_counts = torch.unique(reference_labels_M, return_counts=True)
@@ -148,7 +156,8 @@ def _knn_metrics(query_ND, query_labels_N, reference_MD, reference_labels_M, met
     has_relevant_N = relevant_N > 0
     if not bool(has_relevant_N.any()):
         warnings.warn("metric_accuracy: none of the query labels has another reference with that label")
-        return {m: float("nan") for m in metrics if m in KNN_METRICS}
+        nan = [float("nan")] * len(torch.unique(query_labels_N)) if return_per_class else float("nan")
+        return {m: nan for m in metrics if m in KNN_METRICS}
     num_k = max_bin_count - int(ref_includes_query) if k in (None, "max_bin_count") else k
     if k is None and "mean_average_precision" in metrics:  # MAP over the full ranking: every reference
         num_k = len(reference_MD) - int(ref_includes_query)
@@ -177,9 +186,10 @@ def _knn_metrics(query_ND, query_labels_N, reference_MD, reference_labels_M, met
         if exact_ranks:
             positive_cM = reference_labels_M.unsqueeze(0) == labels_c.unsqueeze(1)
             ranks_c = first_positive_rank(scores_cM, positive_cM & torch.isfinite(scores_cM))
-        values = _per_query_scores(reference_labels_M[indices_ck], labels_c, relevant_N[start:end], ranks_c)
+        correct_ck = reference_labels_M[indices_ck] == labels_c.unsqueeze(1)
+        values = per_query_scores(correct_ck, relevant_N[start:end], ranks_c)
         for m in KNN_METRICS:
             per_query[m].append(values[m])
     keep_labels = query_labels_N[has_relevant_N].cpu()
-    return {m: _average(torch.cat(per_query[m])[has_relevant_N].cpu(), keep_labels, avg_of_avgs)
+    return {m: average(torch.cat(per_query[m])[has_relevant_N].cpu(), keep_labels, avg_of_avgs, return_per_class)
             for m in KNN_METRICS if m in metrics}

@@ -10,6 +10,8 @@ the streamed path, see TripletMarginLoss).
 
 from __future__ import annotations
 
+import torch
+
 from dmlscale.distances import BaseDistance
 from dmlscale.losses.reducers import BaseReducer
 from dmlscale.losses.triplet_margin_loss import TripletMarginLoss
@@ -31,10 +33,12 @@ class BatchAllTripletLoss(TripletMarginLoss):
     """
 
     def __init__(self, margin: float = 0.1, *, distance: BaseDistance | None = None,
-                 reducer: BaseReducer | None = None, collect_stats: bool | None = None) -> None:
+                 reducer: BaseReducer | None = None, collect_stats: bool | None = None,
+                 embedding_regularizer: torch.nn.Module | None = None, embedding_reg_weight: float = 1) -> None:
         margin = check_real(type(self).__name__, "margin", margin, minimum=0)
         super().__init__(margin=margin, swap=False, smooth_loss=False, triplets_per_anchor="all",
-                         distance=distance, reducer=reducer, collect_stats=collect_stats)
+                         distance=distance, reducer=reducer, collect_stats=collect_stats,
+                         embedding_regularizer=embedding_regularizer, embedding_reg_weight=embedding_reg_weight)
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}"

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from dmlscale.indices import anchor_weights
-from dmlscale.losses.regularized_loss import RegularizedLoss, check_regularizer, regularization_term
+from dmlscale.losses.base import BaseMetricLossFunction
+from dmlscale.losses.regularization import check_regularizer, regularization_term
 from dmlscale.param_checks import check_positive_int, check_real
 
 
@@ -45,7 +46,7 @@ def check_class_inputs(owner: str, embeddings: torch.Tensor, labels: torch.Tenso
                          "in the batch)")
 
 
-class ClassWeightLoss(RegularizedLoss):
+class ClassWeightLoss(BaseMetricLossFunction):
     """Cross-entropy over logits from a learned weight matrix `W` (embedding_size x columns), drawn by
     `weight_init_func` (default: standard normal, as PML). `weight_regularizer(W.t())` times
     `weight_reg_weight` is the sub-loss `weight_reg_loss` when a regularizer is given."""

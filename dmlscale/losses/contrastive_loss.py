@@ -58,7 +58,7 @@ class ContrastiveLoss(TilingSwitch, ReducesStreamedTotals, GenericPairLoss):
     def get_default_reducer(self) -> BaseReducer:
         return AvgNonZeroReducer()
 
-    def sub_loss_names(self) -> list[str]:
+    def _sub_loss_names(self) -> list[str]:
         return ["pos_loss", "neg_loss"]
 
     def pair_loss(self, pos_P: torch.Tensor, neg_N: torch.Tensor, pairs: tuple,

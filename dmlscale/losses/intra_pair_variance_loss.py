@@ -40,7 +40,7 @@ class IntraPairVarianceLoss(GenericPairLoss):
     def get_default_distance(self) -> BaseDistance:
         return CosineSimilarity()
 
-    def sub_loss_names(self) -> list[str]:
+    def _sub_loss_names(self) -> list[str]:
         return ["pos_loss", "neg_loss"]
 
     def pair_loss(self, pos_P: torch.Tensor, neg_N: torch.Tensor, pairs: tuple,

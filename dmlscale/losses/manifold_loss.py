@@ -96,7 +96,8 @@ class ManifoldLoss(BaseMetricLossFunction):
                 raise ValueError(f"{owner}: drawing meta-classes needs at least K={self.K} rows, got {num_rows}")
             meta_B = torch.cat((torch.arange(self.K), torch.randint(0, self.K, (num_rows - self.K,))))
             meta_B = meta_B[torch.randperm(num_rows)]
-        return self.manifold_loss(embeddings, meta_B.to(embeddings.device))
+        return self.add_embedding_regularization(self.manifold_loss(embeddings, meta_B.to(embeddings.device)),
+                                                 embeddings)
 
     def manifold_loss(self, embeddings: torch.Tensor, meta_B: torch.Tensor) -> dict:
         num_rows = len(embeddings)

@@ -48,7 +48,7 @@ class MarginLoss(BaseMetricLossFunction):
     def get_default_reducer(self) -> BaseReducer:
         return DivisorReducer()
 
-    def sub_loss_names(self) -> list[str]:
+    def _sub_loss_names(self) -> list[str]:
         return ["margin_loss", "beta_reg_loss"]
 
     def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor | None, indices_tuple: tuple | None,

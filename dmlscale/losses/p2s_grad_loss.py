@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from dmlscale.losses.class_weight_loss import check_class_inputs
-from dmlscale.losses.regularized_loss import RegularizedLoss
+from dmlscale.losses.base import BaseMetricLossFunction
 from dmlscale.param_checks import check_positive_int
 
 
@@ -24,7 +24,7 @@ def unit_columns(weight_DC: torch.Tensor) -> torch.Tensor:
     return torch.renorm(weight_DC, p=2, dim=1, maxnorm=1e-5) * 1e5
 
 
-class P2SGradLoss(RegularizedLoss):
+class P2SGradLoss(BaseMetricLossFunction):
     """L = 1 / (B C) * sum_{i, j} (cos theta_ij - [j == y_i])^2,   cos theta_ij = clamp(x_i . w_j / ||x_i||, -1, 1)
 
     with unit class weights w_j (the columns of `weight`, descriptors_dim x num_classes, re-normalised in place

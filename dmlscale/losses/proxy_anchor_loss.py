@@ -67,8 +67,8 @@ class ProxyAnchorLoss(ProxyRegularization, BaseMetricLossFunction):
     def get_default_distance(self) -> BaseDistance:
         return CosineSimilarity()
 
-    def sub_loss_names(self) -> list[str]:
-        return ["pos_loss", "neg_loss", *self.regularization_loss_names()]
+    def _sub_loss_names(self) -> list[str]:
+        return ["pos_loss", "neg_loss"]
 
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """The B x C matrix of distances (or similarities) to the proxies."""

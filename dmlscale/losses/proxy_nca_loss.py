@@ -53,8 +53,8 @@ class ProxyNCALoss(ProxyRegularization, NCALoss):
         self.register_buffer("proxy_labels", torch.arange(num_classes), persistent=False)
         self.add_to_recordable_attributes(list_of_names=["num_classes"], is_stat=False)
 
-    def sub_loss_names(self) -> list[str]:
-        return ["loss", *self.regularization_loss_names()]
+    def _sub_loss_names(self) -> list[str]:
+        return ["loss"]
 
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """The B x C matrix of distances (or similarities) to the proxies."""

@@ -104,7 +104,8 @@ class ProxyRegularization:
             self.add_to_recordable_attributes(list_of_names=["weight_reg_weight"], is_stat=False)
 
     def regularization_loss_names(self) -> list[str]:
-        return ["weight_reg_loss"] if self.has_weight_regularizer else []
+        """weight_reg_loss before the base's embedding_reg_loss, PML's order."""
+        return (["weight_reg_loss"] if self.has_weight_regularizer else []) + super().regularization_loss_names()
 
     def add_weight_regularization(self, loss_dict: dict, rows_ND: torch.Tensor) -> dict:
         if self.weight_regularizer is not None:

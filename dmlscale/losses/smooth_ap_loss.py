@@ -41,7 +41,7 @@ class SmoothAPLoss(BaseMetricLossFunction):
     def get_default_distance(self) -> BaseDistance:
         return CosineSimilarity()
 
-    def sub_loss_names(self) -> list[str]:
+    def _sub_loss_names(self) -> list[str]:
         return ["ap_loss"]
 
     def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor | None, indices_tuple: tuple | None,

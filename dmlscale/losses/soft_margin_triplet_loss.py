@@ -26,10 +26,12 @@ class SoftMarginTripletLoss(TripletMarginLoss):
 
     def __init__(self, beta: float = 1.0, *, triplets_per_anchor: int | str = "all",
                  distance: BaseDistance | None = None, reducer: BaseReducer | None = None,
-                 collect_stats: bool | None = None) -> None:
+                 collect_stats: bool | None = None, embedding_regularizer: torch.nn.Module | None = None,
+                 embedding_reg_weight: float = 1) -> None:
         beta = check_real(type(self).__name__, "beta", beta, minimum=0, strict=True)
         super().__init__(margin=0.0, swap=False, smooth_loss=True, triplets_per_anchor=triplets_per_anchor,
-                         distance=distance, reducer=reducer, collect_stats=collect_stats)
+                         distance=distance, reducer=reducer, collect_stats=collect_stats,
+                         embedding_regularizer=embedding_regularizer, embedding_reg_weight=embedding_reg_weight)
         self.beta = beta
 
     def get_default_reducer(self) -> BaseReducer:

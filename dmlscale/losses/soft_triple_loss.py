@@ -74,8 +74,8 @@ class SoftTripleLoss(ProxyRegularization, BaseMetricLossFunction):
     def get_default_distance(self) -> BaseDistance:
         return CosineSimilarity()
 
-    def sub_loss_names(self) -> list[str]:
-        return ["loss", *self.regularization_loss_names()]
+    def _sub_loss_names(self) -> list[str]:
+        return ["loss"]
 
     def get_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """S_c(x): the B x C class similarities, each a softmax-weighted mean over the class's centres."""

@@ -24,7 +24,8 @@ from dmlscale.kernels.distance_tiles import normalised_pair, paired_values
 from dmlscale.kernels.tiles import DEFAULT_TILE, TilingSwitch
 from dmlscale.losses.base import BaseMetricLossFunction
 from dmlscale.losses.reducers import AvgNonZeroReducer, BaseReducer
-from dmlscale.losses.streamed_totals import ReducesStreamedTotals, supports_totals, term_filter, totals_entry
+from dmlscale.losses.streamed_totals import (ReducesStreamedTotals, sub_reducer, supports_totals, term_filter,
+                                             totals_entry)
 from dmlscale.param_checks import check_positive_int
 
 
@@ -48,8 +49,8 @@ class TripletMarginLoss(TilingSwitch, ReducesStreamedTotals, BaseMetricLossFunct
     def streams_all_triplets(self) -> bool:
         """Whether all triplets from labels can be summed streamed (else the materialised path runs)."""
         problem = None
-        if not supports_totals(self.reducer):
-            problem = f"reducer {type(self.reducer).__name__}"
+        if not supports_totals(sub_reducer(self.reducer, "loss")):
+            problem = f"reducer {type(sub_reducer(self.reducer, 'loss')).__name__}"
         elif self.swap:
             problem = "swap=True"
         if problem is not None and self.tiled:
@@ -62,11 +63,12 @@ class TripletMarginLoss(TilingSwitch, ReducesStreamedTotals, BaseMetricLossFunct
         self.require_labels(labels, indices_tuple)
         streamed = self.uses_tiles(max(len(embeddings), len(ref_emb)))
         if streamed and indices_tuple is None and self.triplets_per_anchor == "all" and self.streams_all_triplets():
+            loss_reducer = sub_reducer(self.reducer, "loss")  # MultipleReducers with an embedding regularizer
             q_BD, r_RD = normalised_pair(self.distance, embeddings, ref_emb)
             total, count, _ = streamed_batch_all(
                 self.distance, q_BD, r_RD, labels, ref_labels, query_ref_index, margin=self.margin,
-                term_fn=self.per_triplet_loss, keep_fn=term_filter(self.reducer), tile=self.tile_size)
-            return {"loss": totals_entry(total, count, "triplet", self.reducer)}
+                term_fn=self.per_triplet_loss, keep_fn=term_filter(loss_reducer), tile=self.tile_size)
+            return {"loss": totals_entry(total, count, "triplet", loss_reducer)}
         a_T, p_T, n_T = convert_to_triplets(indices_tuple, labels, ref_labels, self.triplets_per_anchor,
                                             query_ref_index=query_ref_index)
         if len(a_T) == 0:

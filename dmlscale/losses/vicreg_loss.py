@@ -47,7 +47,7 @@ class VICRegLoss(BaseMetricLossFunction):
         self.add_to_recordable_attributes(
             list_of_names=["invariance_lambda", "variance_mu", "covariance_v", "eps"], is_stat=False)
 
-    def sub_loss_names(self) -> list[str]:
+    def _sub_loss_names(self) -> list[str]:
         return ["invariance_loss", "variance_loss1", "variance_loss2", "covariance_loss"]
 
     def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor | None, indices_tuple: tuple | None,
