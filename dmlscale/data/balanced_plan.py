@@ -56,24 +56,27 @@ def build_table(shard_set: ShardSet, *, cache_index: bool = True) -> tuple[Sampl
         if shard.problem is not None:  # missing or not a tar: list_shards warned; nothing to plan
             continue
         index = load_index(shard.path, cache=cache_index)
-        if len(index.keys) != shard.num_samples:
-            mismatch[shard.path] = [shard.num_samples, len(index.keys)]
-        for position, (label, span) in enumerate(zip(index.labels, index.spans)):
-            if label is None:
-                unlabelled += 1
-                continue
-            shards.append(number)
-            positions.append(position)
-            spans.append(span)
-            labels.append(label)
-    label_I = np.asarray(labels, dtype=np.int64)
+        count = len(index.keys)
+        if count != shard.num_samples:
+            mismatch[shard.path] = [shard.num_samples, count]
+        labelled = np.fromiter((label is not None for label in index.labels), dtype=bool, count=count)
+        unlabelled += count - int(labelled.sum())
+        labels.append(np.fromiter((label or 0 for label in index.labels), dtype=np.int64, count=count)[labelled])
+        spans.append(np.asarray(index.spans, dtype=np.int64).reshape(count, 2)[labelled])
+        positions.append(np.flatnonzero(labelled))
+        shards.append(np.full(len(positions[-1]), number, dtype=np.int32))
+    label_I = _joined(labels, np.int64)
     classes, class_I = np.unique(label_I, return_inverse=True)
     member_order = np.argsort(class_I, kind="stable")
     member_bounds = np.concatenate([[0], np.cumsum(np.bincount(class_I, minlength=len(classes)))])
-    table = SampleTable(tuple(shard.path for shard in shard_set.shards), np.asarray(shards, dtype=np.int32),
-                        np.asarray(positions, dtype=np.int64), np.asarray(spans, dtype=np.int64).reshape(-1, 2),
-                        label_I, class_I.astype(np.int64), member_order, member_bounds)
+    table = SampleTable(tuple(shard.path for shard in shard_set.shards), _joined(shards, np.int32),
+                        _joined(positions, np.int64), _joined(spans, np.int64, (0, 2)), label_I,
+                        class_I.astype(np.int64), member_order, member_bounds)
     return table, {"unlabelled": unlabelled, "size_mismatch": mismatch}
+
+
+def _joined(parts: list[np.ndarray], dtype: type, empty_shape: tuple[int, ...] = (0,)) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.empty(empty_shape, dtype=dtype)
 
 
 @dataclass(frozen=True)

@@ -35,11 +35,11 @@ class ShardIndex:
     tar_bytes: int  # size of the tar the index describes
     keys: list[str]
     labels: list[int | None]
-    spans: list[tuple[int, int]]  # [start, end) byte range of each sample in the tar
+    spans: list[list[int]]  # [start, end) byte range of each sample in the tar
 
     def as_dict(self) -> dict:
         return {"format": INDEX_FORMAT, "tar_bytes": self.tar_bytes, "keys": self.keys, "labels": self.labels,
-                "spans": [list(span) for span in self.spans]}
+                "spans": self.spans}
 
 
 def index_path(tar_path: str) -> str:
@@ -94,7 +94,7 @@ def scan_shard(path: str) -> ShardIndex:
     for number, (start, end) in enumerate(spans):
         if end > tar_bytes:  # the tar ends inside this sample
             labels[number] = None
-    return ShardIndex(tar_bytes, keys, labels, [tuple(span) for span in spans])
+    return ShardIndex(tar_bytes, keys, labels, spans)
 
 
 def write_index(tar_path: str, index: ShardIndex) -> str:
@@ -124,8 +124,7 @@ def read_index(tar_path: str) -> ShardIndex | None:
             data = json.load(handle)
         if data.get("format") != INDEX_FORMAT or not len(data["keys"]) == len(data["labels"]) == len(data["spans"]):
             raise ValueError(f"format {data.get('format')!r} or unequal lengths")
-        return ShardIndex(int(data["tar_bytes"]), list(data["keys"]), list(data["labels"]),
-                          [(int(start), int(end)) for start, end in data["spans"]])
+        return ShardIndex(int(data["tar_bytes"]), data["keys"], data["labels"], data["spans"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         LOG.warning("ignoring the unreadable label index %s (%s); indexing its tar again", path, error)
         return None

@@ -156,7 +156,7 @@ class _ShardSink:
         _publish(self.handle, self.temporary, path)
         if any(label is not None for _, label, _, _ in self.index):
             keys, labels, starts, ends = (list(column) for column in zip(*self.index))
-            write_index(str(path), ShardIndex(path.stat().st_size, keys, labels, list(zip(starts, ends))))
+            write_index(str(path), ShardIndex(path.stat().st_size, keys, labels, [list(s) for s in zip(starts, ends)]))
         self.sizes[name] = len(self.keys)
         self.handle = self.tar = self.temporary = None
         self.keys, self.index = set(), []
