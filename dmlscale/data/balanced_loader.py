@@ -21,7 +21,8 @@ same global batch size (world_size x batch_size). Samples without a label are le
 
 Trade-offs against the streaming loader (pipeline.py): random reads instead of sequential ones (a
 seek per sample, fine on local disks and file systems with good random reads, slow on object stores),
-and each rank keeps the labels and byte spans of every sample (about 40 bytes each) in memory.
+and each rank keeps the labels and byte spans of every sample and the epoch's plan (under 100 bytes a
+sample) in memory.
 """
 
 from __future__ import annotations
