@@ -42,6 +42,7 @@ PYTHON_BLOCKS = {
     "engine = build_engine(": "test_engine_block",
     "loader = make_loader(": "test_loader_block",
     "sampler = MPerClassSampler(": "test_sampler_block",
+    "balanced = make_loader(": "test_balanced_loader_block",
     "arcface = ShardedArcFaceLoss(": "test_sharded_arcface_block",
     "# make_images.py": "test_own_images_blocks",
     "# use_export.py": "test_own_images_blocks",
@@ -394,6 +395,34 @@ def test_loader_block(tmp_path, monkeypatch):
     # epoch 1 resumed after its first batch: its one remaining batch, re-planned for 8 workers (one pass of
     # 8 workers here; each epoch costs one)
     assert [(s["epoch"], s["batches_consumed"], s["num_batches"]) for s in checkpoint.stored] == [(1, 1, 1)]
+
+
+def test_balanced_loader_block(tmp_path, monkeypatch):
+    """The class-balanced shard loader block as written (rank 0 of 2): resumed after one batch of epoch 1, the
+    loop runs that epoch's other batches, each 4 samples of each of 4 classes, and stores one state per step."""
+    from collections import Counter
+
+    import open_clip
+
+    from dmlscale.data import make_loader, write_digits_shards
+
+    monkeypatch.chdir(tmp_path)
+    write_digits_shards("data/digits", samples_per_shard=100, max_samples_per_split=200)  # 2 train shards, quick
+    preprocess = open_clip.image_transform(32, is_train=False)
+    first = make_loader("data/digits/train/{000000..000001}.tar", task="image_label", m_per_class=4, batch_size=16,
+                        rank=0, world_size=2, seed=0)
+    first.set_epoch(1)
+    next(iter(first))
+    checkpoint = RecordingDict(data=first.state_dict())
+    checkpoint.stored.clear()
+    namespace = {"__name__": "__readme__", "rank": 0, "world": 2, "preprocess": preprocess,
+                 "checkpoint": checkpoint, "start_epoch": 1, "epochs": 2}
+    namespace = run_block(python_block("balanced = make_loader("), namespace)
+    balanced, batch = namespace["balanced"], namespace["batch"]
+    assert sorted(batch) == ["image", "key", "label"] and batch["image"].shape == (16, 3, 32, 32)
+    assert sorted(Counter(batch["label"].tolist()).values()) == [4] * 4
+    assert len(checkpoint.stored) == balanced.num_batches - 1 > 0
+    assert [s["batches_consumed"] for s in checkpoint.stored] == list(range(2, balanced.num_batches + 1))
 
 
 def test_sampler_block():

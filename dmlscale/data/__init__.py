@@ -20,6 +20,7 @@ _EXPORTS: dict[str, str] = {
     "HELDOUT_TEMPLATES": "dmlscale.data.sources",
     "make_loader": "dmlscale.data.pipeline",
     "Loader": "dmlscale.data.pipeline",
+    "BalancedLoader": "dmlscale.data.balanced_loader",
     "DirtyDataError": "dmlscale.data.skip_log",
     "list_shards": "dmlscale.data.shard_list",
     "merge_totals": "dmlscale.data.accounting",

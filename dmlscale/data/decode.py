@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 TASKS = ("image_text", "image_label")
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000  # well above any training image, far below a decompression bomb
 
 
 class BadSample(Exception):

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from dmlscale.data.accounting import merge_totals
-from dmlscale.data.decode import TASKS
+from dmlscale.data.decode import DEFAULT_MAX_IMAGE_PIXELS, TASKS
 from dmlscale.data.plan import SlotLayout
 from dmlscale.data.segments import length, remaining
 from dmlscale.data.shard_list import ShardSet, ShardSources, check_missing_shards, list_shards
@@ -42,8 +42,9 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
+    from dmlscale.data.balanced_loader import BalancedLoader
+
 MODES = ("epoch", "resampled")
-DEFAULT_MAX_IMAGE_PIXELS = 50_000_000  # well above any training image, far below a decompression bomb
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -232,7 +233,7 @@ class Loader:
         return self.totals()["skipped"]
 
 
-def make_loader(sources: ShardSet | ShardSources, **options: object) -> Loader:
+def make_loader(sources: ShardSet | ShardSources, **options: object) -> Loader | BalancedLoader:
     """A Loader over `sources` ("dir/{000000..000009}.tar", "a.tar::b.tar", a list of patterns, or a
     list of (pattern, weight) pairs for mode="resampled"). Options:
 
@@ -248,5 +249,14 @@ def make_loader(sources: ShardSet | ShardSources, **options: object) -> Loader:
     of all ranks, see accounting.py); missing_shards "error" (a shard file that is absent or not a tar
     is a ValueError) or "skip" (its listed samples come back as skips); log_interval_s (at most one
     skip message per worker per interval); pin_memory, prefetch_factor, multiprocessing_context: passed to the DataLoader (workers start anew
-    each epoch, so the epoch and resume position reach them without shared state)."""
+    each epoch, so the epoch and resume position reach them without shared state).
+
+    m_per_class (task "image_label", 0 or absent: off): class-balanced batches, m samples of each class
+    in every global batch, read by random access through the shards' label indexes (balanced_loader.py;
+    a BalancedLoader, with the same methods)."""
+    if options.get("m_per_class"):
+        from dmlscale.data.balanced_loader import make_balanced_loader
+
+        return make_balanced_loader(sources, **options)
+    options.pop("m_per_class", None)
     return Loader(sources, **options)

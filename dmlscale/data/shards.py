@@ -4,7 +4,8 @@ A sample is a dict: "__key__" (a str without "." or "/") plus any of "jpg" (JPEG
 "txt" (str), "cls" (int) and "json" (dict). Shard i is `{prefix}{i:06d}.tar`; inside, each sample's
 members `KEY.jpg, KEY.txt, KEY.json, KEY.cls` follow each other in that order (WebDataset groups
 consecutive members by key). `sizes.json` maps each shard's file name to its number of samples, the
-format open_clip reads.
+format open_clip reads. A shard holding class labels ("cls") gets a label index beside it,
+`{name}.index.json` (label_index.py: each sample's label and byte span, for class-balanced loading).
 
 Samples stream through: memory holds one sample, whatever the shard size. Re-runs are safe (one writer
 per folder at a time): each file is written under a hidden temporary name in the same folder and
@@ -28,6 +29,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dmlscale.data.label_index import ShardIndex, index_path, parse_label, write_index
 from dmlscale.param_checks import check_positive_int
 
 if TYPE_CHECKING:
@@ -122,6 +124,7 @@ class _ShardSink:
         self.sizes: dict[str, int] = {}
         self.handle = self.tar = self.temporary = None
         self.keys: set[str] = set()  # keys in the open shard: WebDataset would merge two equal ones
+        self.index: list[tuple[str, int | None, int, int]] = []  # (key, label, start, end) of the open shard
 
     def _name(self) -> str:
         return shard_name(len(self.sizes), self.prefix)
@@ -133,9 +136,13 @@ class _ShardSink:
             self.temporary = _temporary_path(self.output_dir / self._name())
             self.handle = open(self.temporary, "wb")
             self.tar = tarfile.open(fileobj=self.handle, mode="w", format=tarfile.PAX_FORMAT)
+        start, label = self.tar.offset, None
         for member_name, payload in members:
             self.tar.addfile(_tar_info(member_name, len(payload)), io.BytesIO(payload))
+            if member_name.endswith(".cls"):
+                label = parse_label(payload)
         self.keys.add(key)
+        self.index.append((key, label, start, self.tar.offset))
         if len(self.keys) == self.samples_per_shard:
             self.finish_shard()
 
@@ -144,10 +151,15 @@ class _ShardSink:
             return
         name = self._name()
         self.tar.close()  # writes the end-of-archive blocks into handle
-        _publish(self.handle, self.temporary, self.output_dir / name)
+        path = self.output_dir / name
+        Path(index_path(str(path))).unlink(missing_ok=True)  # an old index never describes the new tar
+        _publish(self.handle, self.temporary, path)
+        if any(label is not None for _, label, _, _ in self.index):
+            keys, labels, starts, ends = (list(column) for column in zip(*self.index))
+            write_index(str(path), ShardIndex(path.stat().st_size, keys, labels, [list(s) for s in zip(starts, ends)]))
         self.sizes[name] = len(self.keys)
         self.handle = self.tar = self.temporary = None
-        self.keys = set()
+        self.keys, self.index = set(), []
 
     def abort(self) -> None:
         """Drop the shard being written (after an error); finished shards stay."""
@@ -176,7 +188,7 @@ def _previous_shards(output_dir: Path, prefix: str) -> set[str]:
 
 
 def _remove_leftover_temporaries(output_dir: Path, prefix: str) -> None:
-    pattern = re.compile(r"\." + re.escape(prefix) + r"\d{6}\.tar\.tmp-\d+|\.sizes\.json\.tmp-\d+")
+    pattern = re.compile(r"\." + re.escape(prefix) + r"\d{6}\.tar(\.index\.json)?\.tmp-\d+|\.sizes\.json\.tmp-\d+")
     for path in output_dir.iterdir():
         if pattern.fullmatch(path.name):
             path.unlink(missing_ok=True)
@@ -226,6 +238,7 @@ def write_shards(samples: Iterable[dict], output_dir: str | Path, *, samples_per
 
     for stale in sorted(previous - set(sink.sizes)):
         (output_dir / stale).unlink(missing_ok=True)
+        Path(index_path(str(output_dir / stale))).unlink(missing_ok=True)
     _remove_leftover_temporaries(output_dir, prefix)
     sizes_path = output_dir / SIZES_FILE
     with open(_temporary_path(sizes_path), "wb") as handle:

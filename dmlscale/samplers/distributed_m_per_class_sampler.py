@@ -76,12 +76,18 @@ class DistributedMPerClassSampler(Sampler[int]):
         if epoch != self.epoch:
             self.epoch, self._resume_from, self._consumed = epoch, 0, 0
 
+    def global_plan(self, epoch: int) -> np.ndarray:
+        """Every rank's (num_batches, world_size x batch_size) indices for `epoch`: row b is global batch b,
+        rank r's slice its columns r x batch_size onward; the same on every rank and call."""
+        check_int(OWNER, "epoch", epoch, minimum=0)
+        rng = np.random.default_rng([self.seed, epoch])
+        return plan_epoch(self._class_of_N, self._num_classes, self.m_per_class, self.classes_per_batch, rng)
+
     def local_plan(self, epoch: int) -> np.ndarray:
         """This rank's (num_batches, batch_size) indices for `epoch`, the same on every call and rank count
         with the same global batch."""
         if self._plan is None or self._plan[0] != epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            plan_NKm = plan_epoch(self._class_of_N, self._num_classes, self.m_per_class, self.classes_per_batch, rng)
+            plan_NKm = self.global_plan(epoch)
             start = self.rank * self.batch_size
             self._plan = (epoch, np.ascontiguousarray(plan_NKm[:, start:start + self.batch_size]))
         return self._plan[1]

@@ -203,10 +203,17 @@ def distribute_each(combined: MultipleLosses, miner: torch.nn.Module | None) -> 
 
 
 def make_train_loader(config: Config, rank: int, world_size: int, transform, tokenizer, context_length: int):
-    """The training loader: every sample once per epoch, equal batch counts on every rank. Its skip
+    """The training loader: every sample once per epoch (at most once with data.m_per_class, whose batches
+    hold m samples of each of their classes), equal batch counts on every rank. Its skip
     fraction is checked by the trainer on the totals of all ranks (local_skip_check=False), so the
     same data stops a run at any world size."""
     data = config.data
+    if data.m_per_class:  # class-balanced: m of each class in every global batch, read by random access
+        return make_loader(split_shards(data, "train"), m_per_class=data.m_per_class, batch_size=data.batch_size,
+                           rank=rank, world_size=world_size, num_workers=data.num_workers, seed=config.seed,
+                           task=data.task, image_transform=transform, max_skip_fraction=data.max_skip_fraction,
+                           skip_check_after=data.skip_check_after, missing_shards=data.missing_shards,
+                           local_skip_check=False)
     return make_loader(split_shards(data, "train"), batch_size=data.batch_size, rank=rank, world_size=world_size,
                        num_workers=data.num_workers, seed=config.seed, mode="epoch", task=data.task,
                        image_transform=transform, tokenizer=tokenizer, context_length=context_length or 77,

@@ -49,6 +49,7 @@ class DataConfig(Section):
     skip_check_after: int = 1000  # ... once this many samples were read in all
     max_repeat_fraction: float = 0.05  # stop when more than this share of the trained samples were repeats
     missing_shards: Literal["error", "skip"] = "error"  # a listed shard absent on disk or not a tar
+    m_per_class: int = 0  # > 0: class-balanced batches, m samples of each class in every global batch (image_label)
 
     def check(self) -> None:
         for name in ("batch_size", "eval_batch_size", "image_size", "shuffle_buffer", "skip_check_after"):
@@ -57,6 +58,12 @@ class DataConfig(Section):
         self._require(0 < self.crop_scale <= 1, "crop_scale", "a number in (0, 1]")
         for name in ("max_skip_fraction", "max_repeat_fraction"):
             self._require(0 <= getattr(self, name) <= 1, name, "a number in [0, 1]")
+        self._require(self.m_per_class >= 0, "m_per_class", "an int >= 0 (0: off)")
+        if self.m_per_class:
+            self._require(self.batch_size % self.m_per_class == 0, "m_per_class",
+                          f"a divisor of data.batch_size={self.batch_size}")
+            self._require(self.task == "image_label", "m_per_class",
+                          f"0 with data.task={self.task!r} (class balance needs labels: data.task=image_label)")
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -109,7 +109,8 @@ def test_webdataset_decodes_exactly_the_samples(tmp_path):
 def test_prefix_and_one_shard_when_everything_fits(tmp_path):
     summary = write_shards(make_samples(4), tmp_path, samples_per_shard=1000, prefix="train-")
     assert summary["sizes"] == {"train-000000.tar": 4}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["sizes.json", "train-000000.tar"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sizes.json", "train-000000.tar",
+                                                          "train-000000.tar.index.json"]  # it holds labels
 
 
 def test_rerun_is_byte_identical(tmp_path):
@@ -132,7 +133,8 @@ def test_rerun_with_fewer_shards_removes_stale_ones_and_keeps_other_files(tmp_pa
     (tmp_path / ".000003.tar.tmp-99999").write_bytes(b"half a shard")  # left by a killed run
     summary = write_shards(make_samples(7), tmp_path, samples_per_shard=5)
 
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["000000.tar", "000001.tar", "notes.md", "sizes.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["000000.tar", "000000.tar.index.json", "000001.tar",
+                                                          "000001.tar.index.json", "notes.md", "sizes.json"]
     assert summary["sizes"] == {"000000.tar": 5, "000001.tar": 2}
     assert len(list(wds.WebDataset(summary["shards"], shardshuffle=False))) == 7
 
@@ -140,7 +142,8 @@ def test_rerun_with_fewer_shards_removes_stale_ones_and_keeps_other_files(tmp_pa
 def test_rerun_with_another_prefix_removes_shards_listed_in_the_old_sizes_json(tmp_path):
     write_shards(make_samples(8), tmp_path, samples_per_shard=5, prefix="old-")
     write_shards(make_samples(8), tmp_path, samples_per_shard=5, prefix="new-")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["new-000000.tar", "new-000001.tar", "sizes.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new-000000.tar", "new-000000.tar.index.json",
+                                                          "new-000001.tar", "new-000001.tar.index.json", "sizes.json"]
 
 
 def test_interrupted_run_leaves_no_sizes_json_and_no_partial_files(tmp_path):
