@@ -124,6 +124,18 @@ def run_probed(command: list[str], *, env: dict[str, str], cwd: Path, log_path: 
     return {"launched": launched, "exited": exited, "load_before": load_before, "load_after": os.getloadavg()[0]}
 
 
+def global_batch_of_run(system: str, run_dir: Path) -> int:
+    """Samples per optimizer step as the finished run recorded them: dmlscale's config.yaml (data.batch_size
+    x world_size of summary.json), open_clip_train's params.txt (batch_size x world_size)."""
+    if system == "dmlscale":
+        import yaml
+
+        per_rank = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["batch_size"]
+        return per_rank * json.loads((run_dir / "summary.json").read_text())["world_size"]
+    params = dict(line.split(": ", 1) for line in (run_dir / "params.txt").read_text().splitlines() if ": " in line)
+    return int(params["batch_size"]) * int(params["world_size"])
+
+
 def read_probe(probe_dir: Path) -> dict[int, list[dict]]:
     """pid -> that process's probe records."""
     return {int(path.stem): [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -3,8 +3,8 @@
 Run:  .venv/bin/python benchmarks/e2e_vs_openclip.py [--configs 1x1,1x2,2x1] [--steps 300] [--repeats 3]
           [--global-batch 128] [--workers 0] [--no-defaults] [--work-dir DIR] [--quick]
 
-Writes the digits shards once (`dmlscale shards --source digits`, 100 samples per shard so that
-open_clip_train's default 4 loader workers each get shards), then trains the quickstart model
+Writes the digits shards once (the writer of `dmlscale shards --source digits`, 100 samples per shard
+so that open_clip_train's default 4 loader workers each get shards), then trains the quickstart model
 (dmlscale/configs/models/dml-quickstart-rn.json, registered in open_clip for open_clip_train) with both
 systems for every PxT of --configs (P processes x T threads each): global batch 128, --steps steps, fp32,
 the quickstart recipe's AdamW (lr, betas, eps, weight decay), warmup + cosine schedule and gradient
@@ -55,14 +55,26 @@ SYSTEMS = ("dmlscale", "open_clip_train")
 
 
 def parse_configs(text: str) -> list[tuple[int, int]]:
-    """"1x1,1x2,2x1" -> [(processes, threads), ...]."""
+    """"1x1,1x2,2x1" -> [(processes, threads), ...]; "" -> [] (only the defaults runs)."""
     configs = []
-    for item in text.split(","):
+    for item in filter(None, text.split(",")):
         parts = item.strip().lower().split("x")
         if len(parts) != 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
             raise ValueError(f"--configs item {item!r} is not PxT (processes x threads, both >= 1), e.g. 2x1")
         configs.append((int(parts[0]), int(parts[1])))
     return configs
+
+
+def matched_open_clip_flags(shards: Path, pattern: str, folder: Path, *, processes: int, threads: int, steps: int,
+                            global_batch: int, workers: int) -> list[str]:
+    """open_clip_train's flags for the matched run of dmlscale's config (ValueError when there is none)."""
+    from dmlscale.train.config import load_config
+    from dmlscale.train.train_cli import DEFAULT_CONFIG
+
+    config = load_config(DEFAULT_CONFIG, e2e_runs.matched_overrides(
+        str(shards), steps=steps, global_batch=global_batch, processes=processes, threads=threads, workers=workers))
+    return e2e_runs.open_clip_train_flags(config, processes=processes, train_pattern=pattern, logs=str(folder),
+                                          name="run")
 
 
 def run_one(system: str, *, label: str, repeat: int, work: Path, shards: Path, pattern: str, eval_config: Path,
@@ -73,12 +85,12 @@ def run_one(system: str, *, label: str, repeat: int, work: Path, shards: Path, p
     folder = work / "runs" / f"repeat{repeat}" / label / system
     probe_dir = folder / "probe"
     probe_dir.mkdir(parents=True)
-    if system == "dmlscale" and defaults:
-        overrides = [f"data.root={shards}"] + ([f"train.steps={steps}"] if quick else [])
-    elif system == "dmlscale":
-        overrides = e2e_runs.matched_overrides(str(shards), steps=steps, global_batch=global_batch,
-                                               processes=processes, threads=threads, workers=workers)
     if system == "dmlscale":
+        if defaults:
+            overrides = [f"data.root={shards}"] + ([f"train.steps={steps}"] if quick else [])
+        else:
+            overrides = e2e_runs.matched_overrides(str(shards), steps=steps, global_batch=global_batch,
+                                                   processes=processes, threads=threads, workers=workers)
         command = e2e_runs.dmlscale_command(overrides + [f"run_dir={folder / 'run'}", "name=e2e"],
                                             processes=processes)
     else:
@@ -86,27 +98,21 @@ def run_one(system: str, *, label: str, repeat: int, work: Path, shards: Path, p
             flags = e2e_runs.open_clip_train_default_flags(model=MODEL, train_pattern=pattern, logs=str(folder),
                                                            name="run", epochs=defaults_epochs)
         else:
-            from dmlscale.train.config import load_config
-            from dmlscale.train.train_cli import DEFAULT_CONFIG
-
-            config = load_config(DEFAULT_CONFIG, e2e_runs.matched_overrides(
-                str(shards), steps=steps, global_batch=global_batch, processes=processes, threads=threads,
-                workers=workers))
-            flags = e2e_runs.open_clip_train_flags(config, processes=processes, train_pattern=pattern,
-                                                   logs=str(folder), name="run")
+            flags = matched_open_clip_flags(shards, pattern, folder, processes=processes, threads=threads,
+                                            steps=steps, global_batch=global_batch, workers=workers)
         command = e2e_runs.open_clip_train_command(flags, processes=processes, args_file=folder / "args.json")
     if repeat == 0:
         print(f"  {label} {system}: {' '.join(command)}", flush=True)
     env = e2e_runs.run_environment(probe_dir, threads=threads)
     times = e2e_runs.run_probed(command, env=env, cwd=folder, log_path=folder / "output.log")
-    batch = (global_batch if not defaults else 128 if system == "dmlscale" else 64)  # the defaults' own batches
+    run_dir = folder / "run"
+    batch = e2e_runs.global_batch_of_run(system, run_dir)  # as the run itself recorded it
     row = {"label": label, "system": system, **times,
            **e2e_runs.summarize_probe(e2e_runs.read_probe(probe_dir), launched=times["launched"],
                                       exited=times["exited"], global_batch=batch)}
-    run_dir = folder / "run"
     if system == "dmlscale":
         state = e2e_scoring.dmlscale_state(run_dir)
-        row["final_loss"], window = e2e_scoring.dmlscale_final_loss(run_dir)
+        row["final_loss"], _ = e2e_scoring.dmlscale_final_loss(run_dir)
     else:
         state = e2e_scoring.open_clip_train_state(run_dir)
         row["final_loss"] = e2e_scoring.open_clip_train_final_loss(run_dir, window=10)
@@ -133,6 +139,8 @@ def medians(rows: list[dict], label: str, system: str) -> dict:
 
 def print_tables(rows: list[dict], labels: list[str], repeats: int) -> None:
     matched = [label for label in labels if label != "defaults"]
+    if not matched:
+        return print_details(rows, labels)
     print(f"\nMatched runs, median of {repeats} repeat(s) (procs x threads; ratio = dmlscale / open_clip_train)")
     print(f"{'PxT':<6}{'dmlscale samples/s':>20}{'open_clip_train samples/s':>27}{'ratio':>8}"
           f"{'top-1 dmlscale':>16}{'top-1 open_clip_train':>23}{'steps':>7}")
@@ -140,6 +148,10 @@ def print_tables(rows: list[dict], labels: list[str], repeats: int) -> None:
         a, b = medians(rows, label, "dmlscale"), medians(rows, label, "open_clip_train")
         print(f"{label:<6}{a['samples_per_s']:>20.0f}{b['samples_per_s']:>27.0f}"
               f"{a['samples_per_s'] / b['samples_per_s']:>7.2f}x{a['top1']:>16.3f}{b['top1']:>23.3f}{a['steps']:>7.0f}")
+    print_details(rows, labels)
+
+
+def print_details(rows: list[dict], labels: list[str]) -> None:
     print("\nAll figures (medians; the ratio row is dmlscale / open_clip_train)")
     print(f"{'run':<10}{'system':<17}" + "".join(f"{title:>13}" for _, title, _ in FIELDS))
     for label in labels:
@@ -174,6 +186,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     configs = parse_configs(args.configs)
+    if not configs and not args.defaults:
+        raise ValueError("--configs '' with --no-defaults leaves nothing to run")
+    for processes, threads in configs:  # every setting checked before the first run
+        matched_open_clip_flags(Path("shards"), "shards.tar", Path("logs"), processes=processes, threads=threads,
+                                steps=args.steps, global_batch=args.global_batch, workers=args.workers)
     temporary = None if args.work_dir else tempfile.TemporaryDirectory(prefix="e2e_vs_openclip_")
     work = Path(args.work_dir or temporary.name).resolve()
     if (work / "runs").exists():

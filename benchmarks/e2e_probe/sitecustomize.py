@@ -10,7 +10,8 @@ and at the exit of a process that stepped: {"event": "exit", "t": ..., "peak_rss
 appends JSON lines to E2E_PROBE_DIR/<pid>.jsonl. A process forked from one that imported torch (a
 --nproc rank from its fork server) inherits the hooks and writes its own file; multiprocessing's
 children leave through os._exit, so the exit record is written by a multiprocessing finalizer there
-and by atexit elsewhere. Neither trainer is changed; the probe costs one file write per step.
+and by atexit elsewhere. Neither trainer is changed; the probe costs one file write per step. (It shadows
+any other sitecustomize module, in the benchmark's commands only.)
 """
 
 from __future__ import annotations
