@@ -11,42 +11,19 @@ start-up included (both start workers per epoch here); the table gives the best 
 measured alternately so that load from other processes hits both alike. open_clip's sample shuffle
 buffer is 5000 (1000 before the first sample); dmlscale's is --shuffle-buffer (default 1000).
 
-open_clip_train.data imports pandas at the top but get_wds_dataset never uses it; when pandas is not
-installed an empty placeholder module stands in for it so that the import succeeds. open_clip_train
-3.3's tarfile_to_samples_nothrow fails with webdataset 1.0.2 (KeyError 'fname': webdataset now ends
-each shard with an empty end-of-shard marker that open_clip's grouping does not expect), so the
-benchmark rebuilds that one stage from the same webdataset and open_clip functions with the marker
-switched off (eof_value=None, webdataset's behaviour before 1.0); everything else is open_clip's.
+open_clip_train runs with the two workarounds of open_clip_compat.py (a pandas placeholder, webdataset
+1.0's end-of-shard marker switched off); everything else is open_clip's.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
-import importlib.machinery
-import importlib.util
 import os
-import sys
 import tarfile
 import tempfile
 import time
-import types
 
-
-def import_open_clip_data():
-    if importlib.util.find_spec("pandas") is None:
-        placeholder = types.ModuleType("pandas")
-        placeholder.__spec__ = importlib.machinery.ModuleSpec("pandas", None)
-        sys.modules["pandas"] = placeholder
-    import open_clip_train.data as open_clip_data
-
-    def tarfile_to_samples_without_eof_markers(src, handler=open_clip_data.log_and_continue):
-        streams = open_clip_data.url_opener(src, handler=handler)
-        files = open_clip_data.tar_file_expander(streams, handler=handler, eof_value=None)
-        return open_clip_data.group_by_keys_nothrow(files, handler=handler)
-
-    open_clip_data.tarfile_to_samples_nothrow = tarfile_to_samples_without_eof_markers
-    return open_clip_data
+from open_clip_compat import import_open_clip_data
 
 
 def bare_tar(shards: list[str]) -> int:
