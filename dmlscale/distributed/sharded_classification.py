@@ -65,11 +65,7 @@ class ShardedMarginSoftmaxLoss(ShardedClassLoss):
             warnings.warn(f"{name}: margin={margin!r} has no effect with margin_type='normalized_softmax'",
                           stacklevel=2)
         self.margin_type = margin_type
-        with torch.no_grad():
-            if init_seed is None:
-                self.W.normal_()  # PML's default init (normal_), from this rank's generator
-            else:
-                self.W.copy_(self.seeded_normal(init_seed))
+        self.init_normal(init_seed)  # PML's default init (normal_)
 
     def extra_repr(self) -> str:
         return (f"margin_type={self.margin_type!r}, margin={self.margin}, scale={self.scale}, "

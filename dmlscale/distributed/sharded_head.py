@@ -121,6 +121,15 @@ class ShardedClassLoss(torch.nn.Module):
                                  self.class_end * self.per_class)
         return columns if self.class_dim == 1 else columns.t()
 
+    def init_normal(self, init_seed: int | None, std: float = 1.0) -> None:
+        """Normal(0, std) initial values: from `init_seed` alone when given (the same full parameter at any
+        world size), else from this rank's torch generator (PML's weight_init_func on the block)."""
+        with torch.no_grad():
+            if init_seed is None:
+                self.weight.normal_(0.0, std)
+            else:
+                self.weight.copy_(self.seeded_normal(init_seed) * std)
+
     def seeded_uniform(self, init_seed: int, bound: float) -> torch.Tensor:
         """As seeded_normal, uniform on [-bound, bound] (erf(z / sqrt 2) of a standard normal z is uniform)."""
         return torch.special.erf(self.seeded_normal(init_seed) / math.sqrt(2)) * bound
