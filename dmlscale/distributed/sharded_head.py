@@ -139,12 +139,16 @@ class ShardedClassLoss(torch.nn.Module):
         return {self.weight_name: OwnedBlock(self.class_start, self.class_end, self.num_classes, self.class_dim,
                                              self.per_class)}
 
+    @property
+    def full_shape(self) -> tuple[int, int]:
+        """The shape of the whole parameter over all ranks (PML's)."""
+        entries = self.num_classes * self.per_class
+        return (self.embedding_size, entries) if self.class_dim == 1 else (entries, self.embedding_size)
+
     def load_full_weight(self, full_weight: torch.Tensor) -> None:
         """Copy this rank's block out of the full parameter (e.g. PML's `loss.W` / `loss.proxies`)."""
-        entries = self.num_classes * self.per_class
-        expected = (self.embedding_size, entries) if self.class_dim == 1 else (entries, self.embedding_size)
-        if tuple(full_weight.shape) != expected:
-            raise ValueError(f"full weight must have shape {expected}, got {tuple(full_weight.shape)}")
+        if tuple(full_weight.shape) != self.full_shape:
+            raise ValueError(f"full weight must have shape {self.full_shape}, got {tuple(full_weight.shape)}")
         block = self.owned_blocks()[self.weight_name]
         with torch.no_grad():
             self.weight.copy_(block.of_full(full_weight))
