@@ -70,7 +70,7 @@ def seeded_columns(init_seed: int, embedding_size: int, start: int, end: int) ->
     return torch.cat(columns, dim=1) if columns else torch.empty(embedding_size, 0)
 
 
-class ScaleGrad(torch.autograd.Function):
+class _ScaleGrad(torch.autograd.Function):
     """Identity forward; the backward multiplies the gradient by `factor`."""
 
     @staticmethod
@@ -188,7 +188,7 @@ class ShardedClassLoss(torch.nn.Module):
                              f"{int(bad_N.sum())} do not ({listing})")
         local_nD = F.normalize(embeddings, p=2, dim=1) if normalize else embeddings
         if self.data_parallel and self.world_size > 1:
-            local_nD = ScaleGrad.apply(local_nD, float(self.world_size))
+            local_nD = _ScaleGrad.apply(local_nD, float(self.world_size))
         return all_gather_with_grad(local_nD, self.group, sizes=sizes), labels_N
 
     def owned_targets(self, labels_N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
