@@ -27,8 +27,9 @@ NESTED_COLLECTIONS = {"reducers": "reducer", "losses": "loss", "miners": "miner"
 IMAGE_TEXT_LOSSES = ("ClipLoss", "SigLipLoss")  # take (image, text) embeddings, not (embeddings, labels)
 VIEW_PAIR_LOSSES = ("SelfSupervisedLoss",)  # take (embeddings, ref_emb) augmentation pairs, not (embeddings, labels)
 # loss.sharded=true: the class-weight loss and its class-sharded twin in dmlscale.distributed
-SHARDED_LOSSES = {"ArcFaceLoss": "ShardedArcFaceLoss", "CosFaceLoss": "ShardedCosFaceLoss",
-                  "NormalizedSoftmaxLoss": "ShardedNormalizedSoftmaxLoss"}
+SHARDED_LOSSES = {name: f"Sharded{name}" for name in (
+    "ArcFaceLoss", "CosFaceLoss", "NormalizedSoftmaxLoss", "SubCenterArcFaceLoss", "LargeMarginSoftmaxLoss",
+    "SphereFaceLoss", "ProxyAnchorLoss", "ProxyNCALoss", "SoftTripleLoss")}
 SHARDED_SET_BY_TRAINER = ("data_parallel", "init_seed", "group")  # options of the sharded class the trainer sets
 
 

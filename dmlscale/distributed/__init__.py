@@ -11,6 +11,9 @@ from dmlscale.distributed.heartbeat import StepHeartbeat
 from dmlscale.distributed.pml_wrappers import DistributedLossWrapper, DistributedMinerWrapper
 from dmlscale.distributed.sharded_classification import (ShardedArcFaceLoss, ShardedCosFaceLoss,
                                                          ShardedMarginSoftmaxLoss, ShardedNormalizedSoftmaxLoss)
+from dmlscale.distributed.sharded_proxies import ShardedProxyAnchorLoss, ShardedProxyNCALoss
+from dmlscale.distributed.sharded_softmax_heads import (ShardedLargeMarginSoftmaxLoss, ShardedSoftTripleLoss,
+                                                        ShardedSphereFaceLoss, ShardedSubCenterArcFaceLoss)
 
 __all__ = [
     "DistributedClipLoss",
@@ -24,8 +27,14 @@ __all__ = [
     "GroupFormationError",
     "ShardedArcFaceLoss",
     "ShardedCosFaceLoss",
+    "ShardedLargeMarginSoftmaxLoss",
     "ShardedMarginSoftmaxLoss",
     "ShardedNormalizedSoftmaxLoss",
+    "ShardedProxyAnchorLoss",
+    "ShardedProxyNCALoss",
+    "ShardedSoftTripleLoss",
+    "ShardedSphereFaceLoss",
+    "ShardedSubCenterArcFaceLoss",
     "StepHeartbeat",
     "WorldInfo",
     "all_gather_no_grad",

@@ -149,3 +149,15 @@ def sum_with_part_grad(part_N: torch.Tensor, total_N: torch.Tensor) -> torch.Ten
     """The value `total_N` (the sum of all parts, computed by the caller), with the gradient of a sum to
     this part (identity): each part's owner receives the gradient of its own terms."""
     return _TotalWithPartGrad.apply(part_N, total_N.detach())
+
+
+def multiplicative_angular_margin(cos_N: torch.Tensor, margin: int) -> torch.Tensor:
+    """psi(theta) = (-1)^k cos(m theta) - 2k for theta in [k pi / m, (k+1) pi / m] (L-Softmax, SphereFace),
+    with cos(m theta) = sum_n (-1)^n binom(m, 2n) cos^(m-2n) (1 - cos^2)^n written in the cosine itself, as
+    pytorch-metric-learning computes it (so the gradient flows through cos, and k is a constant)."""
+    cos_m_N = torch.zeros_like(cos_N)
+    for n in range(margin // 2 + 1):
+        cos_m_N = cos_m_N + (-1) ** n * math.comb(margin, 2 * n) * cos_N ** (margin - 2 * n) * (1 - cos_N ** 2) ** n
+    with torch.no_grad():
+        k_N = torch.floor(torch.acos(torch.clamp(cos_N, -1, 1)) / (math.pi / margin))
+    return torch.where(k_N % 2 == 0, cos_m_N, -cos_m_N) - 2 * k_N

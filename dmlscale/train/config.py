@@ -115,7 +115,7 @@ class LossConfig(Section):
     options: dict = dataclasses.field(default_factory=dict)  # its constructor options; distance/reducer: {name, options}
     miner: ComponentConfig | str | None = None  # a class of dmlscale.miners (name or {name, options}); label losses
     memory_size: int = 0  # > 0: cross-batch memory of this many embeddings (label losses)
-    sharded: bool = False  # ArcFaceLoss / CosFaceLoss / NormalizedSoftmaxLoss with the class weights sharded by class over the ranks
+    sharded: bool = False  # class weights/proxies sharded by class over the ranks (components.SHARDED_LOSSES)
     # deprecated (one release): loss.options.temperature / loss.options.margin / loss.options.tiled instead
     temperature: float | None = None
     margin: float | None = None

@@ -203,9 +203,38 @@ def test_loss_sharded_builds_the_class_sharded_head_with_the_recipes_options(tmp
     assert trained.owned == {"W": OwnedBlock(0, 12, 12)}
 
 
+@pytest.mark.parametrize("name, options, parameter, per_class, class_dim", [
+    ("SubCenterArcFaceLoss", {"sub_centers": 2, "margin": 30.0}, "W", 2, 1),
+    ("LargeMarginSoftmaxLoss", {"margin": 3, "scale": 2.0}, "W", 1, 1),
+    ("SphereFaceLoss", {"margin": 2}, "W", 1, 1),
+    ("SoftTripleLoss", {"centers_per_class": 4, "la": 10.0}, "fc", 4, 1),
+    ("ProxyAnchorLoss", {"margin": 0.2, "alpha": 16.0}, "proxies", 1, 0),
+    ("ProxyNCALoss", {"softmax_scale": 2.0}, "proxies", 1, 0)])
+def test_loss_sharded_reaches_the_sharded_proxy_and_multi_centre_losses(tmp_path, name, options, parameter, per_class,
+                                                                       class_dim):
+    config = label_recipe(tmp_path, {"name": name, "options": {"num_classes": 12, **options}, "sharded": True})
+    built = build_loss(config.loss, embedding_size=EMBEDDING_SIZE, seed=5)
+    assert type(built).__name__ == f"Sharded{name}" and built.data_parallel is True and built.num_classes == 12
+    assert all(getattr(built, key) == value for key, value in options.items())
+    full_shape = (EMBEDDING_SIZE, 12 * per_class) if class_dim == 1 else (12 * per_class, EMBEDDING_SIZE)
+    assert getattr(built, parameter).shape == full_shape  # one process owns every class
+    again = build_loss(config.loss, embedding_size=EMBEDDING_SIZE, seed=5)
+    other = build_loss(config.loss, embedding_size=EMBEDDING_SIZE, seed=6)
+    assert torch.equal(getattr(again, parameter), getattr(built, parameter))  # from the seed alone
+    assert not torch.equal(getattr(other, parameter), getattr(built, parameter))
+    trained = LossParameters(built, lr=0.1, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0, grad_clip=1.0,
+                             world_size=1)
+    assert trained.owned == {parameter: OwnedBlock(0, 12, 12, class_dim, per_class)}
+    embeddings, labels = torch.randn(6, EMBEDDING_SIZE), torch.tensor([0, 3, 3, 7, 11, 1])
+    built(embeddings, labels).backward()
+    assert getattr(built, parameter).grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("loss, needle", [
     ({"name": "TripletMarginLoss", "sharded": True},
-     r"loss.sharded=true needs one of \['ArcFaceLoss', 'CosFaceLoss', 'NormalizedSoftmaxLoss'\] as loss.name, "
+     r"loss.sharded=true needs one of \['ArcFaceLoss', 'CosFaceLoss', 'LargeMarginSoftmaxLoss', "
+     r"'NormalizedSoftmaxLoss', 'ProxyAnchorLoss', 'ProxyNCALoss', 'SoftTripleLoss', 'SphereFaceLoss', "
+     r"'SubCenterArcFaceLoss'\] as loss.name, "
      r"got 'TripletMarginLoss'"),
     ({"name": "ArcFaceLoss", "options": {"num_classes": 10}, "sharded": True, "miner": "BatchHardMiner"},
      r"loss.miner=.*does not apply to sharded=True"),
