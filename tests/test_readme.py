@@ -882,3 +882,15 @@ def test_flags_in_prose_exist():
                for path in ROOT.glob(pattern)]
     for flag in sorted(set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text)) - known - {"--standalone"}):
         assert any(re.search(rf"['\"\s]{flag}\b", source) for source in sources), f"{flag}: defined nowhere"
+
+
+@pytest.mark.parametrize("kind", ["loss", "miner", "reducer", "distance"])
+def test_every_component_class_is_in_a_readme_table(kind):
+    """The loss, miner, reducer and distance tables (or the package table) name every class a recipe can
+    reach, so a class added without its table row fails here."""
+    from dmlscale import components
+
+    rows = [line for line in README.read_text().splitlines() if line.startswith("|")]
+    missing = [name for name in components.component_classes(kind) if not any(f"`{name}`" in row for row in rows)
+               and not any(f"`{name}(" in row for row in rows)]
+    assert not missing, f"README tables lack these {kind} classes: {missing}"
