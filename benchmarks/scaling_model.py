@@ -80,7 +80,8 @@ def run_check(cal: Calibration, args: argparse.Namespace) -> None:
     from scaling_check import measure_run
 
     cores = len(os.sched_getaffinity(0))
-    print(f"\ncheck: real gloo runs, N={args.check_pairs} pairs, D={args.dim}, {args.threads} thread(s) per rank "
+    print(f"\nmachine load average (1 min) before the check: {os.getloadavg()[0]:.1f} on {cores} cores")
+    print(f"check: real gloo runs, N={args.check_pairs} pairs, D={args.dim}, {args.threads} thread(s) per rank "
           f"on {cores} cores; memory = peak RSS over the RSS before the step (largest rank), bytes = received on "
           f"the rank's TCP sockets; CPU s = the rank's CPU time of its fastest step (model: tiles x tile time + "
           f"bytes x loopback CPU per byte), "
@@ -103,6 +104,7 @@ def run_check(cal: Calibration, args: argparse.Namespace) -> None:
                   f"{fmt_bytes(got['received_bytes']):>10} {bytes_error:>6} | {cpu:>17.2f} {got['cpu_seconds']:>8.2f} "
                   f"{error_pct(cpu, got['cpu_seconds']):>6} | {wall:>13.2f} {got['wall_seconds']:>8.2f} "
                   f"{error_pct(wall, got['wall_seconds']):>6}", flush=True)
+    print(f"machine load average (1 min) after the check: {os.getloadavg()[0]:.1f}")
 
 
 def print_projection(cal: Calibration, args: argparse.Namespace, speedup: float) -> None:
