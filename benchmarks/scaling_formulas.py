@@ -10,14 +10,15 @@ Memory per rank: the loss layer's buffers beyond its inputs at the step's peak, 
 with the tile workspace and open_clip's bytes per logit measured:
   dmlscale:  workspace + (N + n) D b (the gradients of the gathered texts and of the local images)
              + N D b when W > 1 (the gathered texts: alive with their gradient in the backward; the gather's
-             buckets, and the all-reduce's copy of the gradient, take the same room at their moments)
+             buckets, and the padded gradient the reduce-scatter sums, take the same room at their moments)
              + CLIP's log-sum-exp statistics (n + 3 N) b
   open_clip: beta n N (beta: bytes per logit, measured) + 2 n D b (input gradients)
              + 2 N D b when W > 1 (gathered images and texts, kept for the backward)
 Bytes each rank receives per step, ring collectives (an all-gather or all-to-all receives W - 1 blocks, an
 all-reduce of S bytes receives 2 (W - 1) / W S):
-  dmlscale:  all-gather of the texts (W - 1) n D b; all-reduce of their N x D gradient in the backward;
-             CLIP only: two all-reduces (max, then sum) of the N column log-sum-exps
+  dmlscale:  all-gather of the texts (W - 1) n D b; in the backward, a reduce-scatter of their gradient,
+             (W - 1) n D b on NCCL, which gloo runs as an all-reduce of all N x D (so backend="gloo" for
+             the check on this machine); CLIP only: two all-reduces (max, then sum) of the N column log-sum-exps
   open_clip: all-gathers of images and texts 2 (W - 1) n D b; all-to-alls of both gradients 2 (W - 1) n D b
 Time: loss compute = n N / T^2 tiles (a partial tile counts by its area) x the measured tile time; open_clip
 n N x its measured seconds per logit. A collective takes latency + received bytes / bandwidth, with a
@@ -73,9 +74,16 @@ def memory_bytes(path: str, global_pairs: int, ranks: int, cal: Calibration) -> 
     return cal.tile_workspace_bytes[path] + (big_n + n) * row + gathered * big_n * row + statistics
 
 
-def collectives(path: str, global_pairs: int, ranks: int, dim: int, bytes_per_value: int) -> list[tuple[str, float]]:
-    """(kind, bytes this rank receives) of every collective of one step; kind: all_gather, all_to_all, all_reduce."""
+BACKENDS = ("nccl", "gloo")
+
+
+def collectives(path: str, global_pairs: int, ranks: int, dim: int, bytes_per_value: int,
+                backend: str = "nccl") -> list[tuple[str, float]]:
+    """(kind, bytes this rank receives) of every collective of one step; kind: all_gather, all_to_all,
+    all_reduce, reduce_scatter. gloo runs a reduce-scatter as an all-reduce (measured)."""
     check_path(path)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if ranks == 1:
         return []
     n, row = local_pairs(global_pairs, ranks), dim * bytes_per_value
@@ -83,15 +91,18 @@ def collectives(path: str, global_pairs: int, ranks: int, dim: int, bytes_per_va
     if path == "open_clip":
         block = (ranks - 1) * n * row
         return [("all_gather", block), ("all_gather", block), ("all_to_all", block), ("all_to_all", block)]
-    steps = [("all_gather", (ranks - 1) * n * row), ("all_reduce", ring * global_pairs * row)]
+    backward = (("reduce_scatter", (ranks - 1) * n * row) if backend == "nccl"
+                else ("all_reduce", ring * global_pairs * row))
+    steps = [("all_gather", (ranks - 1) * n * row), backward]
     if path == "dmlscale_clip":
         steps += [("all_reduce", ring * global_pairs * bytes_per_value)] * 2
     return steps
 
 
-def comm_bytes(path: str, global_pairs: int, ranks: int, dim: int, bytes_per_value: int) -> float:
+def comm_bytes(path: str, global_pairs: int, ranks: int, dim: int, bytes_per_value: int,
+               backend: str = "nccl") -> float:
     """Bytes one rank receives per step."""
-    return sum(size for _, size in collectives(path, global_pairs, ranks, dim, bytes_per_value))
+    return sum(size for _, size in collectives(path, global_pairs, ranks, dim, bytes_per_value, backend))
 
 
 def comm_seconds(path: str, global_pairs: int, ranks: int, cal: Calibration, *, bytes_per_second: float,
@@ -130,7 +141,7 @@ def loss_share(path: str, global_pairs: int, ranks: int, cal: Calibration, *, by
 def check_cpu_seconds(path: str, global_pairs: int, ranks: int, cal: Calibration) -> float:
     """Predicted CPU time of one rank's loss step in a real run on this machine: its compute, and gloo's
     CPU time for the bytes it moves over loopback."""
-    moved = comm_bytes(path, global_pairs, ranks, cal.dim, cal.bytes_per_value)
+    moved = comm_bytes(path, global_pairs, ranks, cal.dim, cal.bytes_per_value, backend="gloo")
     return compute_seconds(path, global_pairs, ranks, cal) + moved * cal.loopback_cpu_seconds_per_byte
 
 
@@ -139,5 +150,6 @@ def check_wall_seconds(path: str, global_pairs: int, ranks: int, cal: Calibratio
     """Predicted wall time of a loss step of a real run on this machine: W ranks of `threads` threads share
     `cores` cores (each rank's compute stretches by W threads / cores when that exceeds 1), comm over loopback."""
     stretch = max(1.0, ranks * threads / cores)
-    comm = comm_bytes(path, global_pairs, ranks, cal.dim, cal.bytes_per_value) / cal.loopback_bytes_per_second
+    moved = comm_bytes(path, global_pairs, ranks, cal.dim, cal.bytes_per_value, backend="gloo")
+    comm = moved / cal.loopback_bytes_per_second
     return compute_seconds(path, global_pairs, ranks, cal) * stretch + comm

@@ -95,7 +95,7 @@ def run_check(cal: Calibration, args: argparse.Namespace) -> None:
             got = measure_run(path, args.check_pairs, ranks, dim=args.dim, tile=args.tile, threads=args.threads,
                               repeats=args.repeats)
             memory = memory_bytes(path, args.check_pairs, ranks, cal)
-            received = comm_bytes(path, args.check_pairs, ranks, cal.dim, cal.bytes_per_value)
+            received = comm_bytes(path, args.check_pairs, ranks, cal.dim, cal.bytes_per_value, backend="gloo")
             cpu = check_cpu_seconds(path, args.check_pairs, ranks, cal)
             wall = check_wall_seconds(path, args.check_pairs, ranks, cal, cores=cores, threads=args.threads)
             bytes_error = error_pct(received, got["received_bytes"]) if ranks > 1 else ""

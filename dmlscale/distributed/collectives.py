@@ -78,10 +78,21 @@ class _AllGatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_ND):
-        grad_ND = grad_ND.contiguous().clone()
-        dist.all_reduce(grad_ND, op=dist.ReduceOp.SUM, group=ctx.group)
-        start = sum(ctx.sizes[: ctx.rank])
-        return grad_ND[start : start + ctx.sizes[ctx.rank]], None, None, None
+        # reduce-scatter, not all-reduce: each rank receives only the sum of its own rows (a ring moves half
+        # the bytes, and no rank holds a second N x D buffer of summed gradients)
+        sizes, max_rows = ctx.sizes, max(ctx.sizes)
+        padded = grad_ND.new_zeros((len(sizes) * max_rows, *grad_ND.shape[1:]))
+        for rank, (start, rows) in enumerate(zip(global_offsets(sizes), sizes)):
+            padded[rank * max_rows : rank * max_rows + rows] = grad_ND[start : start + rows]
+        mine = grad_ND.new_empty((max_rows, *grad_ND.shape[1:]))
+        _reduce_scatter(mine, padded, group=ctx.group)
+        return mine[: sizes[ctx.rank]], None, None, None
+
+
+def _reduce_scatter(output: torch.Tensor, input: torch.Tensor, group) -> None:
+    """Sum `input` (world_size equal blocks) over the ranks; rank r receives block r in `output`."""
+    reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor  # torch >= 2.14 name
+    reduce_scatter(output, input, op=dist.ReduceOp.SUM, group=group)
 
 
 def all_gather_with_grad(x_nD: torch.Tensor, group: dist.ProcessGroup | None = None, *, name: str = "embeddings",
