@@ -17,6 +17,8 @@ from torch import nn
 from dmlscale.distributed.env import ensure_process_group
 from dmlscale.models.clip import MAX_LOGIT_SCALE
 from dmlscale.param_checks import check_positive_int, check_real
+from dmlscale.train import engine_paths
+from dmlscale.train.engine_paths import adamw_options, keep_implementation_on_load
 from dmlscale.train.schedule import cosine_with_warmup
 from dmlscale.train.step import cached_step
 
@@ -77,11 +79,18 @@ def build_engine(model: nn.Module, *, zero_stage: int = 2, precision: str = "aut
                  weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6,
                  gradient_clipping: float = 1.0, warmup_steps: int = 0, total_steps: int = 1,
                  min_lr_ratio: float = 0.0, micro_batch_size: int = 1, grad_accum_steps: int = 1,
-                 local_rank: int | None = None, extra_config: dict | None = None):
+                 local_rank: int | None = None, extra_config: dict | None = None, adamw_implementation: str = "auto",
+                 skip_single_rank_allreduce: bool = True, record_grad_norm: bool = True):
     """deepspeed.initialize on `model` with torch AdamW (no decay on biases, norms, logit scale/bias,
     embeddings) and a warmup + cosine schedule stepped once per optimizer step. Joins the existing
     torch.distributed group (or makes a 1-rank gloo group); `local_rank` fills LOCAL_RANK when the
     launcher did not (default: the global rank, i.e. one node). Returns the DeepSpeedEngine.
+
+    The last three arguments cut DeepSpeed's per-step overhead (engine_paths.py); each False or
+    "single_tensor" selects DeepSpeed's and torch's own behaviour. `adamw_implementation`: "auto" (fused
+    where torch has the kernel for the device, else foreach), "fused", "foreach" or "single_tensor".
+    `skip_single_rank_allreduce`: no gradient all-reduce over one rank under ZeRO-0. `record_grad_norm`:
+    under ZeRO-0 fp32, one multi-tensor norm both clips and is engine.get_global_grad_norm().
 
     The contrastive batch per optimizer step is micro_batch_size x grad_accum_steps x world size;
     `engine_contrastive_step` computes its loss at once with gradient caching.
@@ -97,13 +106,19 @@ def build_engine(model: nn.Module, *, zero_stage: int = 2, precision: str = "aut
                               micro_batch_size=micro_batch_size, grad_accum_steps=grad_accum_steps)
     config.update(extra_config or {})
     ensure_process_group(local_rank)
-    optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps)
+    groups = param_groups(model, weight_decay)
+    options = adamw_options(adamw_implementation, (p for group in groups for p in group["params"]))
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, **options)
+    keep_implementation_on_load(optimizer, options)
     scheduler = cosine_with_warmup(optimizer, warmup_steps=warmup_steps, total_steps=total_steps,
                                    min_lr_ratio=min_lr_ratio)
     with without_startup_prints():  # its comm backend prints "... shm_comm_op built successfully"
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                config=config, dist_init_required=False)
     engine.dmlscale_base_optimizer = optimizer  # the torch AdamW DeepSpeed steps, under any ZeRO wrapper
+    if skip_single_rank_allreduce:
+        engine_paths.skip_single_rank_allreduce(engine)
+    engine.dmlscale_records_grad_norm = record_grad_norm and engine_paths.record_grad_norm(engine)
     return engine
 
 

@@ -66,14 +66,16 @@ class StepRecorder:
 class GradNormProbe:
     """The global gradient norm before clipping at the engine's last optimizer step.
 
-    DeepSpeed records it under ZeRO 1-3 and bf16 (engine.get_global_grad_norm(), after the reduction,
-    over all partitions). Its plain fp32 path clips with clip_grad_norm_ and drops the norm, so the
-    probe computes it there, on the already all-reduced gradients, just before clipping (or before
-    the optimizer step when nothing is clipped)."""
+    The engine computes it for its clipping and keeps it: ZeRO 1-3 and bf16 by DeepSpeed, ZeRO-0 fp32 by
+    build_engine(record_grad_norm=True) (engine_paths.record_grad_norm); the probe reads
+    engine.get_global_grad_norm(). Only an engine built with record_grad_norm=False under ZeRO-0 fp32
+    keeps none; there the probe computes it on the all-reduced gradients just before clipping (or before
+    the optimizer step when nothing is clipped): a second pass over the gradients."""
 
     def __init__(self, engine):
         self._engine, self._norm = engine, None
-        self._own = not (engine.zero_optimization() or engine.bfloat16_enabled() or engine.fp16_enabled())
+        self._own = not (engine.zero_optimization() or engine.bfloat16_enabled() or engine.fp16_enabled()
+                         or getattr(engine, "dmlscale_records_grad_norm", False))
         if not self._own:
             return
         if engine.gradient_clipping() > 0:
@@ -91,7 +93,10 @@ class GradNormProbe:
         self._norm = float(torch.stack(norms).norm()) if norms else 0.0
 
     def value(self) -> float | None:
-        return self._norm if self._own else self._engine.get_global_grad_norm()
+        if self._own:
+            return self._norm
+        norm = self._engine.get_global_grad_norm()
+        return float(norm) if isinstance(norm, torch.Tensor) else norm
 
 
 def logit_metrics(module: torch.nn.Module) -> dict[str, float]:

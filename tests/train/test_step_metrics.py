@@ -1,6 +1,6 @@
 """The trainer's extra metrics against independent computations: the gradient norm against a plain
 torch backward on the concatenated batch (DeepSpeed ZeRO-0 and ZeRO-2, gradient caching, 1 and 2 gloo
-ranks), similarity statistics against brute-force N x N matrices (2 ranks, unequal rows), skipped
+ranks, the norm the engine clipped with), similarity statistics against brute-force N x N matrices (2 ranks, unequal rows), skipped
 counts against the damage the dirty-shard fixture made, logit scale against exp of the parameter.
 """
 
@@ -44,7 +44,7 @@ def test_logit_scale_is_exp_of_the_parameter_and_bias_is_raw():
     assert logit_metrics(torch.nn.Linear(2, 2)) == {}
 
 
-def _grad_norm_vs_reference(rank, world_size, zero_stage):
+def _grad_norm_vs_reference(rank, world_size, zero_stage, clip_norms):
     from dmlscale.distributed import DistributedClipLoss
     from dmlscale.train.engine import build_engine, engine_contrastive_step
     from dmlscale.train.step_metrics import GradNormProbe
@@ -56,22 +56,36 @@ def _grad_norm_vs_reference(rank, world_size, zero_stage):
     OpenClipLoss()(out["image_features"], out["text_features"], out["logit_scale"]).backward()
     expected = torch.stack([p.grad.norm() for p in reference.parameters() if p.grad is not None]).norm().item()
 
-    engine = build_engine(model, zero_stage=zero_stage, precision="fp32", lr=1e-2, weight_decay=0.0,
-                          gradient_clipping=0.05, warmup_steps=1, total_steps=4, micro_batch_size=MICRO_BATCH,
-                          grad_accum_steps=2)
-    probe = GradNormProbe(engine)
-    loss_fn = DistributedClipLoss()
-    engine_contrastive_step(engine, batch_source(0, rank, 2), clip_forward(engine),
-                            lambda o: loss_fn(o["image_features"], o["text_features"], o["logit_scale"]))
-    return {"expected": expected, "got": probe.value()}
+    outcomes = []
+    for clip_norm in clip_norms:
+        engine = build_engine(copy.deepcopy(model), zero_stage=zero_stage, precision="fp32", lr=1e-2,
+                              weight_decay=0.0, gradient_clipping=clip_norm, warmup_steps=1, total_steps=4,
+                              micro_batch_size=MICRO_BATCH, grad_accum_steps=2)
+        stepped = []  # the norms of the gradients the optimizer steps with (ZeRO 1-2 step one group at a time)
+        engine.dmlscale_base_optimizer.register_step_pre_hook(lambda optimizer, *_: stepped.extend(
+            p.grad.norm().item() for g in optimizer.param_groups for p in g["params"] if p.grad is not None))
+        probe = GradNormProbe(engine)
+        loss_fn = DistributedClipLoss()
+        engine_contrastive_step(engine, batch_source(0, rank, 2), clip_forward(engine),
+                                lambda o: loss_fn(o["image_features"], o["text_features"], o["logit_scale"]))
+        outcomes.append({"clip": clip_norm, "expected": expected, "got": probe.value(), "stepped": math.hypot(*stepped),
+                         "from_engine": probe.value() == engine.get_global_grad_norm()})
+    return outcomes
 
 
-@pytest.mark.parametrize("zero_stage,world_size", [(0, 1), (2, 2)])
-def test_grad_norm_is_the_global_norm_before_clipping(zero_stage, world_size):
-    outcomes = results(run_world(_grad_norm_vs_reference, world_size, zero_stage))
-    for outcome in outcomes:
-        assert outcome["expected"] > 10 * 0.05  # clipping (at 0.05) was active: a clipped norm would show
-        assert outcome["got"] == pytest.approx(outcome["expected"], rel=1e-4), outcome
+@pytest.mark.parametrize("zero_stage,world_size,clip_norms", [(0, 1, (0.05, 0.0)), (0, 2, (0.05,)), (2, 2, (0.05,))])
+def test_grad_norm_is_the_global_norm_before_clipping(zero_stage, world_size, clip_norms):
+    outcomes = results(run_world(_grad_norm_vs_reference, world_size, zero_stage, clip_norms))
+    for index, _ in enumerate(clip_norms):
+        per_rank = [rank_outcomes[index] for rank_outcomes in outcomes]
+        # the optimizer steps with whole gradients under ZeRO-0 and with this rank's partition under ZeRO 1-3
+        stepped = [o["stepped"] for o in per_rank] if zero_stage == 0 else [math.hypot(*(o["stepped"] for o in per_rank))]
+        for outcome in per_rank:
+            assert outcome["expected"] > 10 * 0.05  # clipping (at 0.05) was active: a clipped norm would show
+            assert outcome["got"] == pytest.approx(outcome["expected"], rel=1e-4), outcome
+            assert outcome["from_engine"]  # the norm the engine computed for clipping, not a second pass
+            clipped = outcome["clip"] if outcome["clip"] > 0 else outcome["expected"]
+            assert stepped == pytest.approx([clipped] * len(stepped), rel=1e-4), outcome  # it clipped with that norm
 
 
 def brute_force(sim_NN: torch.Tensor, positive_NN: torch.Tensor, negative_NN: torch.Tensor) -> dict[str, float]:
