@@ -40,7 +40,7 @@ class DataConfig(Section):
     task: Literal["image_text", "image_label"] = "image_text"  # captions (CLIP) or class labels (metric learning)
     batch_size: int = 128  # per rank
     eval_batch_size: int = 256  # per rank
-    num_workers: int = 0  # loader worker processes per rank
+    num_workers: int = 0  # loader worker processes per rank; 0: the main process reads (same order as 1 worker)
     image_size: int = 32  # side of the square model input
     crop_scale: float = 1.0  # < 1: training images get a random resized crop of at least this area share
     shuffle_buffer: int = 1000  # samples held for shuffling

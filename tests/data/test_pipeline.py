@@ -44,6 +44,11 @@ def run_epoch(uneven, *, world_size, num_workers, epoch=0, **options):
     return outcome
 
 
+def test_one_worker_reads_what_the_main_process_reads_in_the_same_order(uneven):
+    # so data.num_workers 0 -> 1 is a speed choice that changes no run (the digit recipes read in the main process)
+    assert run_epoch(uneven, world_size=2, num_workers=1) == run_epoch(uneven, world_size=2, num_workers=0)
+
+
 @pytest.mark.parametrize("num_workers", [0, 2, 4])
 def test_every_rank_gets_the_same_batches_and_an_epoch_covers_each_sample_once(uneven, num_workers):
     keys = all_keys(uneven)

@@ -114,6 +114,22 @@ def test_recipes_load_and_carry_their_command(recipe):
     assert f"--config {recipe.stem}" in header or recipe.name == "quickstart.yaml"
 
 
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.name for p in RECIPES])
+def test_recipes_leave_torch_threads_to_the_cores_of_each_rank(recipe):
+    # train.threads=0: usable_cores() (the affinity) shared among the node's ranks; a pinned 1 ran the quickstart
+    # at 0.80-0.87x of open_clip's trainer on 2 cores (issue 14)
+    assert load_config(recipe).train.threads == 0
+    assert load_config(None).train.threads == 0
+
+
+def test_digit_recipes_read_in_the_main_process():
+    # on 2 cores a loader worker competes with the compute threads; 0 and 1 workers read the same samples in the
+    # same order (tests/data/test_pipeline.py), so data.num_workers=1 is a speed choice that never changes the run
+    for name in ("quickstart", "metric_learning_digits"):
+        assert load_config(resolve_config_path(name)).data.num_workers == 0
+    assert load_config(None).data.num_workers == 0
+
+
 def header_commands(recipe: Path) -> list[list[str]]:
     """The `dmlscale train` command lines of a recipe's header comment (continuation lines joined)."""
     text, commands = "", []

@@ -1,7 +1,8 @@
 """The trainer's extra metrics against independent computations: the gradient norm against a plain
 torch backward on the concatenated batch (DeepSpeed ZeRO-0 and ZeRO-2, gradient caching, 1 and 2 gloo
-ranks, the norm the engine clipped with), similarity statistics against brute-force N x N matrices (2 ranks, unequal rows), skipped
-counts against the damage the dirty-shard fixture made, logit scale against exp of the parameter.
+ranks; it is also the norm the engine clipped with), similarity statistics against brute-force N x N
+matrices (2 ranks, unequal rows), skipped counts against the damage the dirty-shard fixture made, logit
+scale against exp of the parameter.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def test_grad_norm_is_the_global_norm_before_clipping(zero_stage, world_size, cl
     for index, _ in enumerate(clip_norms):
         per_rank = [rank_outcomes[index] for rank_outcomes in outcomes]
         # the optimizer steps with whole gradients under ZeRO-0 and with this rank's partition under ZeRO 1-3
-        stepped = [o["stepped"] for o in per_rank] if zero_stage == 0 else [math.hypot(*(o["stepped"] for o in per_rank))]
+        stepped = ([o["stepped"] for o in per_rank] if zero_stage == 0
+                   else [math.hypot(*(o["stepped"] for o in per_rank))])
         for outcome in per_rank:
             assert outcome["expected"] > 10 * 0.05  # clipping (at 0.05) was active: a clipped norm would show
             assert outcome["got"] == pytest.approx(outcome["expected"], rel=1e-4), outcome
