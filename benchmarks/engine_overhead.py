@@ -1,11 +1,11 @@
 """What dmlscale's DeepSpeed engine adds to a training step, and what each overhead cut (issue 14) saves.
 
 Run:  .venv/bin/python benchmarks/engine_overhead.py [--blocks 12] [--steps 10] [--threads 1]
-          [--batch-size 128] [--model dml-quickstart-rn] [--warmup 3]
+          [--batch-size 128] [--model dml-quickstart-rn] [--warmup 3] [--zero-stage 0]
 
-One process, one rank, ZeRO-0, fp32, the quickstart model (open_clip ModifiedResNet width 16 + 2-layer text
-transformer) on a fixed random batch of 32x32 images and 16-token captions (no loader: the step only), the
-distributed CLIP loss, clipping at 1.0, AdamW. The rows:
+One process, one rank, ZeRO-0 (or --zero-stage), fp32, the quickstart model (open_clip ModifiedResNet width
+16 + 2-layer text transformer) on a fixed random batch of 32x32 images and 16-token captions (no loader: the
+step only), the distributed CLIP loss, clipping at 1.0, AdamW. The rows:
   torch       plain torch: forward, dmlscale's loss, backward, clip_grad_norm_, torch's default AdamW
               (single-tensor on the CPU); `torch, fused AdamW` the same with the fused kernel
   before      the engine as it was: single-tensor AdamW, the one-rank all-reduce (flatten, reduce, copy back),
@@ -64,13 +64,13 @@ def torch_step_fn(model, loss_fn, adamw_options: dict):
     return step, optimizer
 
 
-def engine_step_fn(model, loss_fn, batch_size: int, switches: dict):
+def engine_step_fn(model, loss_fn, batch_size: int, switches: dict, zero_stage: int):
     from dmlscale.train.engine import build_engine, engine_contrastive_step
     from dmlscale.train.step_metrics import GradNormProbe
 
-    engine = build_engine(model, zero_stage=0, precision="fp32", lr=LR, weight_decay=0.1, gradient_clipping=CLIP_NORM,
-                          warmup_steps=0, total_steps=10**6, micro_batch_size=batch_size, grad_accum_steps=1,
-                          **switches)
+    engine = build_engine(model, zero_stage=zero_stage, precision="fp32", lr=LR, weight_decay=0.1,
+                          gradient_clipping=CLIP_NORM, warmup_steps=0, total_steps=10**6, micro_batch_size=batch_size,
+                          grad_accum_steps=1, **switches)
     probe = GradNormProbe(engine)
     forward = lambda chunk: engine(image=chunk["image"], text=chunk["text"])  # noqa: E731
     loss = lambda out: loss_fn(out["image_features"], out["text_features"], out["logit_scale"])  # noqa: E731
@@ -95,6 +95,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (pinned)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--model", default="dml-quickstart-rn")
+    parser.add_argument("--zero-stage", type=int, default=0, choices=(0, 1, 2, 3),
+                        help="ZeRO stage of the engine rows (the all-reduce skip and the folded norm are ZeRO-0 only)")
     args = parser.parse_args()
     for name in ("blocks", "steps", "threads", "batch_size"):
         if getattr(args, name) < 1:
@@ -117,7 +119,8 @@ def main() -> None:
     for name, switches in ROWS.items():
         replica = copy.deepcopy(model)
         steps[name], optimizers[name] = (torch_step_fn(replica, loss_fn, switches["torch"]) if "torch" in switches
-                                         else engine_step_fn(replica, loss_fn, args.batch_size, switches))
+                                         else engine_step_fn(replica, loss_fn, args.batch_size, switches,
+                                                             args.zero_stage))
         for _ in range(args.warmup):
             steps[name](batch)
 
@@ -133,7 +136,7 @@ def main() -> None:
     load_after = os.getloadavg()
 
     print(f"torch {torch.__version__}, deepspeed {deepspeed.__version__}; model {args.model}, batch {args.batch_size}, "
-          f"ZeRO-0 fp32 on one rank; torch threads {torch.get_num_threads()} (interop "
+          f"ZeRO-{args.zero_stage} fp32 on one rank; torch threads {torch.get_num_threads()} (interop "
           f"{torch.get_num_interop_threads()}), {len(os.sched_getaffinity(0))} usable cores")
     print(f"{args.blocks} blocks x {args.steps} steps per row, alternating; load average (1, 5, 15 min) "
           f"before {tuple(round(v, 2) for v in load_before)}, after {tuple(round(v, 2) for v in load_after)}")

@@ -18,7 +18,6 @@ from dmlscale.distributed.env import ensure_process_group
 from dmlscale.models.clip import MAX_LOGIT_SCALE
 from dmlscale.param_checks import check_positive_int, check_real
 from dmlscale.train import engine_paths
-from dmlscale.train.engine_paths import adamw_options, keep_implementation_on_load
 from dmlscale.train.schedule import cosine_with_warmup
 from dmlscale.train.step import cached_step
 
@@ -107,9 +106,9 @@ def build_engine(model: nn.Module, *, zero_stage: int = 2, precision: str = "aut
     config.update(extra_config or {})
     ensure_process_group(local_rank)
     groups = param_groups(model, weight_decay)
-    options = adamw_options(adamw_implementation, (p for group in groups for p in group["params"]))
+    options = engine_paths.adamw_options(adamw_implementation, (p for group in groups for p in group["params"]))
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, **options)
-    keep_implementation_on_load(optimizer, options)
+    engine_paths.keep_implementation_on_load(optimizer, options)
     scheduler = cosine_with_warmup(optimizer, warmup_steps=warmup_steps, total_steps=total_steps,
                                    min_lr_ratio=min_lr_ratio)
     with without_startup_prints():  # its comm backend prints "... shm_comm_op built successfully"

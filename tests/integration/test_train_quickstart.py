@@ -24,7 +24,9 @@ import torch
 from dmlscale.cli import main as cli_main
 from dmlscale.train.train_cli import EXIT_STOPPED, main
 
-QUICK = ["monitor.console=false"]
+# one torch thread per process, as the tests of launchers pin it: the recipes' default (all cores) can be several
+# times slower on a machine that also runs other jobs, and the tests check results, not speed
+QUICK = ["monitor.console=false", "train.threads=1"]
 REPO = Path(__file__).resolve().parents[2]
 
 
