@@ -17,7 +17,7 @@ Every row runs `steps` steps per block, the rows alternate within a block (their
 block to block, so that load from other processes hits them alike); the table gives each row's median
 step over all blocks (after `warmup` untimed steps) and its ratio to the `torch` row. Torch's threads are
 pinned with --threads; the load average is printed before and after. On a quiet 2-core machine the
-default run takes about 12 blocks x 7 rows x 10 steps x ~0.25 s = 3.5 minutes, plus a minute of start-up.
+default run takes about 12 blocks x 7 rows x 10 steps x ~0.12 s = 100 s, plus 10-20 s of start-up.
 """
 
 from __future__ import annotations
