@@ -27,6 +27,18 @@ class NonFiniteError(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient."""
 
 
+def tensors_finite(tensors: list[torch.Tensor]) -> bool:
+    """True when no tensor holds a NaN or Inf: one multi-tensor norm per dtype and device and one
+    synchronisation, instead of a check and a sync per tensor (a NaN or Inf anywhere makes a norm
+    non-finite; finite values too large for the norm's dtype do too, which is as well a reason to skip)."""
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for tensor in tensors:
+        if tensor.is_floating_point() and tensor.numel():
+            groups.setdefault((tensor.dtype, tensor.device), []).append(tensor.detach())
+    norms = [torch.stack(torch._foreach_norm(group)).float() for group in groups.values()]
+    return not norms or bool(torch.isfinite(torch.cat([n.cpu() for n in norms])).all())
+
+
 def _all_finite(data) -> bool:
     if isinstance(data, torch.Tensor):
         return not data.is_floating_point() or bool(torch.isfinite(data.detach()).all())
@@ -66,8 +78,7 @@ class NonFiniteGuard:
 
     def _grads_finite(self) -> bool:
         params = [*self.engine.module.parameters(), *self.extra_params]
-        grads = [p.grad for p in params if p.grad is not None]
-        return all(bool(torch.isfinite(g).all()) for g in grads)
+        return tensors_finite([p.grad for p in params if p.grad is not None])
 
     def before_update(self) -> None:
         """Collective, before the optimizer step of a training step: decide together whether to skip."""
