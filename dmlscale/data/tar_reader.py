@@ -6,21 +6,22 @@ gives. Samples never span two tars: members of one key split across a tar bounda
 incomplete samples, both skipped, instead of one silently merged sample. A key seen twice in one tar,
 or a field repeated within a sample, marks the sample as a duplicate. A tar that ends early (or cannot
 be read at all) yields a "truncated tar" problem for every planned position it no longer holds, and
-for its last sample read (tarfile ends quietly on a cut header, so that sample may be incomplete).
-Reading uses the tar's random-access mode, so positions before `start` cost a header read each.
+for its last sample read (a tar ends quietly on a cut header, so that sample may be incomplete).
+Headers are read by tar_headers.py; positions before `start` cost a header read each.
 A reader given the shard's listed size also reports when the tar disagrees with it: it ends before
 `stop`, or a read up to the listed size finds one more key after it (sizes.json under-counts).
 """
 
 from __future__ import annotations
 
-import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from dmlscale.data.tar_headers import iter_members
+
 TRUNCATED = "truncated tar"
 DUPLICATE = "duplicate key"
-_READ_ERRORS = (tarfile.TarError, EOFError, OSError, ValueError)
+_READ_ERRORS = (EOFError, OSError, ValueError)  # TarReadError is a ValueError
 
 
 @dataclass
@@ -44,10 +45,11 @@ def split_name(name: str) -> tuple[str, str] | None:
     return name[:dot], name[dot + 1:].lower()
 
 
-def _members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-    for member in tar:
-        if member.isfile() and split_name(member.name) is not None:
-            yield member
+def _members(handle) -> Iterator[tuple[str, int, int]]:
+    """(name, size, data offset) of the regular files whose names have an extension."""
+    for name, size, offset in iter_members(handle):
+        if split_name(name) is not None:
+            yield name, size, offset
 
 
 def read_samples(path: str, shard: int, start: int, stop: int, *, listed: int | None = None,
@@ -60,9 +62,9 @@ def read_samples(path: str, shard: int, start: int, stop: int, *, listed: int | 
     position, current, seen_keys = -1, None, set()
     report = on_size_mismatch or (lambda: None)
     try:
-        with tarfile.open(path, mode="r:") as tar:
-            for member in _members(tar):
-                key, extension = split_name(member.name)
+        with open(path, "rb") as handle:
+            for name, size, offset in _members(handle):
+                key, extension = split_name(name)
                 if current is None or key != current.key:
                     if current is not None and position >= start:
                         yield current
@@ -81,9 +83,10 @@ def read_samples(path: str, shard: int, start: int, stop: int, *, listed: int | 
                     current.problem = DUPLICATE
                     current.fields = {}
                     continue
-                current.fields[extension] = tar.extractfile(member).read(member.size)
-                if len(current.fields[extension]) != member.size:
-                    raise EOFError(f"short read of {member.name}")
+                handle.seek(offset)
+                current.fields[extension] = handle.read(size)
+                if len(current.fields[extension]) != size:
+                    raise EOFError(f"short read of {name}")
     except _READ_ERRORS:
         if current is not None:
             current.problem, current.fields = TRUNCATED, {}
@@ -101,9 +104,9 @@ def count_samples(path: str) -> int:
     """Number of samples (key runs) readable in the tar at `path`, reading headers only."""
     count, last_key = 0, None
     try:
-        with tarfile.open(path, mode="r:") as tar:
-            for member in _members(tar):
-                key = split_name(member.name)[0]
+        with open(path, "rb") as handle:
+            for name, _, _ in _members(handle):
+                key = split_name(name)[0]
                 if key != last_key:
                     count, last_key = count + 1, key
     except _READ_ERRORS:
