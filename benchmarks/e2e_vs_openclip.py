@@ -13,8 +13,8 @@ crop in both, the same loader workers and seed. One process: `dmlscale train` an
 alone; P > 1: `dmlscale train --nproc P` and open_clip_train under torchrun with --local-loss
 --gather-with-grad. Runs alternate dmlscale / open_clip_train, config by config, --repeats times, with
 the 1-minute load average before each run. Then, unless --no-defaults, once, each system with its own
-defaults on 1 process: `dmlscale train` (the quickstart recipe as it ships: 300 steps of 128, fp32, 1
-thread, evaluation at steps 100, 200 and the end) vs open_clip_train with only --model, --train-data,
+defaults on 1 process: `dmlscale train` (the quickstart recipe as it ships: 300 steps of 128, fp32, its
+default threads (the cores it may use), evaluation at steps 100, 200 and the end) vs open_clip_train with only --model, --train-data,
 --logs/--name and --log-every-n-steps 1 (its defaults: 32 epochs of the 1347 samples in batches of 64,
 10000 warmup steps, fp16 autocast, 4 loader workers, torch's default threads); --defaults-epochs N
 shortens the latter.
