@@ -29,8 +29,9 @@ import torch
 from dmlscale.distributed.collectives import all_gather_objects, barrier, world_rank_and_size
 from dmlscale.train.checkpoint_reshard import load_resharded
 from dmlscale.train.checkpoint_store import (LATEST, MANIFEST, WRITING, checkpoint_bytes, extra_path,
-                                             find_resume_tag, newest_complete, prune, read_pointer, tag_for_step,
-                                             verify, write_atomically, write_manifest, write_text_durably)
+                                             find_resume_tag, newest_complete, prune, read_pointer, saved_state,
+                                             tag_for_step, verify, write_atomically, write_manifest,
+                                             write_text_durably)
 from dmlscale.train.rng_state import rng_states, set_rng_states
 
 __all__ = ["LATEST", "CheckpointError", "NonFiniteWeightsError", "find_resume_tag", "load", "resolve_tag",
@@ -280,7 +281,7 @@ def load(engine, run_dir: str | Path, tag: str = LATEST, *, restore_rng: bool = 
     if resolved is None:
         raise ValueError(f"no checkpoint to resume in {str(run_dir)!r}: it has no step_* folder")
     rank, world_size = world_rank_and_size()
-    saved_rank0 = torch.load(extra_path(run_dir / resolved, 0), map_location="cpu", weights_only=False)
+    saved_rank0 = saved_state(run_dir / resolved, 0)
     saved_world_size = saved_rank0["world_size"]
     if saved_world_size != world_size:
         if not allow_world_size_change:
@@ -289,8 +290,7 @@ def load(engine, run_dir: str | Path, tag: str = LATEST, *, restore_rng: bool = 
                              f"allow_world_size_change=True to re-shard, or export the weights)")
         state = load_resharded(engine, run_dir, resolved, saved_rank0, restore_rng=restore_rng)
         return {**state, "tag": resolved}
-    state = saved_rank0 if rank == 0 else torch.load(extra_path(run_dir / resolved, rank), map_location="cpu",
-                                                     weights_only=False)
+    state = saved_rank0 if rank == 0 else saved_state(run_dir / resolved, rank)
     load_path, _ = engine.load_checkpoint(str(run_dir), tag=resolved)
     if load_path is None:
         raise ValueError(f"DeepSpeed could not load checkpoint {resolved!r} from {str(run_dir)!r}")
@@ -301,4 +301,4 @@ def load(engine, run_dir: str | Path, tag: str = LATEST, *, restore_rng: bool = 
 
 def saved_extra(run_dir: str | Path, tag: str, rank: int) -> dict:
     """The extra dict saved rank `rank` wrote into checkpoint `tag` (e.g. its block of a sharded loss)."""
-    return torch.load(extra_path(Path(run_dir) / tag, rank), map_location="cpu", weights_only=False)["extra"]
+    return saved_state(Path(run_dir) / tag, rank)["extra"]

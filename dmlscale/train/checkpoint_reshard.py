@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from dmlscale.distributed.collectives import barrier, broadcast_object, world_rank_and_size
-from dmlscale.train.checkpoint_store import extra_path, read_manifest
+from dmlscale.train.checkpoint_store import read_manifest, saved_state
 from dmlscale.train.rng_state import set_rng_states
 
 UNIVERSAL_DIR = ".universal"
@@ -46,8 +46,7 @@ def saved_zero_stage(checkpoint_dir: Path) -> int:
 
 def _restore_rng(run_dir: Path, tag: str, saved_rank0: dict, rank: int) -> None:
     if rank < saved_rank0["world_size"]:
-        state = saved_rank0 if rank == 0 else torch.load(extra_path(run_dir / tag, rank), map_location="cpu",
-                                                         weights_only=False)
+        state = saved_rank0 if rank == 0 else saved_state(run_dir / tag, rank)
         set_rng_states(state["rng"])
         return
     digest = hashlib.sha256(saved_rank0["rng"]["torch"].numpy().tobytes() + str(rank).encode()).digest()

@@ -34,6 +34,11 @@ def extra_path(checkpoint_dir: Path, rank: int) -> Path:
     return checkpoint_dir / f"extra_rank{rank:05d}.pt"
 
 
+def saved_state(checkpoint_dir: Path, rank: int) -> dict:
+    """What saved rank `rank` wrote beside DeepSpeed's files: step, run id, world size, RNG states, extra."""
+    return torch.load(extra_path(checkpoint_dir, rank), map_location="cpu", weights_only=False)
+
+
 def write_atomically(path: Path, write) -> None:
     """write(temporary) then rename over `path`: readers see the old file or the whole new one."""
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -151,7 +156,7 @@ def verify(run_dir: str | Path, tag: str) -> str | None:
             return "its save never finished (no manifest, in-progress marker present)"
         first = extra_path(checkpoint_dir, 0)
         try:
-            world_size = torch.load(first, map_location="cpu", weights_only=False)["world_size"]
+            world_size = saved_state(checkpoint_dir, 0)["world_size"]
         except Exception as error:  # missing or unreadable: no way to know the world size
             return f"no manifest, and {first.name} does not load ({type(error).__name__})"
         if not list(checkpoint_dir.glob("*model_states.pt")):
