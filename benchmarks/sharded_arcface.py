@@ -44,6 +44,18 @@ def _inputs(batch: int, classes: int, dim: int, rank: int, world_size: int):
     return emb[start:stop].clone().requires_grad_(True), labels[start:stop].clone()
 
 
+def _measure(loss_fn, emb, labels, repeats: int, baseline_kib: int) -> dict:
+    """Seconds of forward+backward, peak RSS over `baseline_kib`, and the bytes of the class weights held."""
+    def step():
+        emb.grad, loss_fn.W.grad = None, None
+        loss_fn(emb, labels).backward()
+
+    result = measure_step(step, repeats)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result.update(peak_bytes=(peak_kib - baseline_kib) * 1024, block_bytes=loss_fn.W.numel() * 4)
+    return result
+
+
 def _rank_step(rank: int, world_size: int, port: int, args, out_dir: str) -> None:
     import torch
     import torch.distributed as dist
@@ -59,13 +71,7 @@ def _rank_step(rank: int, world_size: int, port: int, args, out_dir: str) -> Non
     loss_fn = ShardedArcFaceLoss(args.classes[0], args.dim, class_tile=args.class_tile, init_seed=0)
     emb, labels = _inputs(args.batch, args.classes[0], args.dim, rank, world_size)
 
-    def step():
-        emb.grad, loss_fn.W.grad = None, None
-        loss_fn(emb, labels).backward()
-
-    result = measure_step(step, args.repeats)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result.update(peak_bytes=(peak_kib - baseline_kib) * 1024, block_bytes=loss_fn.W.numel() * 4)
+    result = _measure(loss_fn, emb, labels, args.repeats, baseline_kib)
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
         json.dump(result, handle)
     if world_size > 1:
@@ -102,13 +108,7 @@ def child_pml(args) -> None:
     loss_fn = ArcFaceLoss(num_classes=args.classes[0], embedding_size=args.dim)
     emb, labels = _inputs(args.batch, args.classes[0], args.dim, 0, 1)
 
-    def step():
-        emb.grad, loss_fn.W.grad = None, None
-        loss_fn(emb, labels).backward()
-
-    result = measure_step(step, args.repeats)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result.update(peak_bytes=(peak_kib - baseline_kib) * 1024, block_bytes=loss_fn.W.numel() * 4)
+    result = _measure(loss_fn, emb, labels, args.repeats, baseline_kib)
     report(result)
 
 
